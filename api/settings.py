@@ -1,0 +1,111 @@
+"""Every ``VIGIL_*`` setting, read once here and handed down as plain values.
+
+Nothing below ``api/`` reads the environment: the ledger gets an eventsourcing ``env``
+mapping and a :class:`~audit_core.Limits` built from these settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from audit_core import Limits
+
+
+class Settings(BaseSettings):
+    """Vigil's configuration; each field is read from ``VIGIL_<FIELD NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///vigil.db",
+        description="sqlite:///relative.db, sqlite:////absolute.db or "
+        "postgresql://user:password@host:port/dbname?schema=name",
+    )
+    encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 random bytes: stored events are then encrypted with "
+        "AES-256-GCM. Make one with `vigil new-encryption-key`.",
+    )
+    postgres_pool_size: int = Field(default=5, ge=1, le=100)
+    postgres_lock_timeout_seconds: int = Field(default=10, ge=0)
+    max_event_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=256)
+    max_metadata_depth: int = Field(default=8, ge=1, le=64)
+    max_batch_events: int = Field(default=1000, ge=1, le=10_000)
+    max_future_skew_seconds: int = Field(default=300, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(
+                f"VIGIL_DATABASE_URL scheme {scheme!r} is not supported; "
+                "use sqlite:///path.db or postgresql://user@host/dbname"
+            )
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _aes_256_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        try:
+            key = base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("VIGIL_ENCRYPTION_KEY is not valid base64") from None
+        if len(key) != 32:
+            raise ValueError(
+                f"VIGIL_ENCRYPTION_KEY decodes to {len(key)} bytes; AES-256 needs 32"
+            )
+        return value
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_event_bytes=self.max_event_bytes,
+            max_metadata_bytes=self.max_metadata_bytes,
+            max_metadata_depth=self.max_metadata_depth,
+            max_batch_events=self.max_batch_events,
+            max_future_skew=timedelta(seconds=self.max_future_skew_seconds),
+        )
+
+    def ledger_env(self) -> dict[str, str]:
+        """The eventsourcing environment for the ledger application."""
+        url = urlsplit(self.database_url)
+        env: dict[str, str]
+        if url.scheme == "sqlite":
+            path = unquote(url.path)[1:] or "vigil.db"
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+        else:
+            query = parse_qs(url.query)
+            env = {
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",
+                "POSTGRES_HOST": url.hostname or "127.0.0.1",
+                "POSTGRES_PORT": str(url.port or 5432),
+                "POSTGRES_USER": unquote(url.username or "postgres"),
+                "POSTGRES_PASSWORD": unquote(url.password or ""),
+                "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
+                "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_seconds),
+            }
+            if "schema" in query:
+                env["POSTGRES_SCHEMA"] = query["schema"][0]
+        if self.encryption_key is not None:
+            env["CIPHER_TOPIC"] = "eventsourcing.cryptography:AESCipher"
+            env["CIPHER_KEY"] = self.encryption_key.get_secret_value()
+        return env
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,281 @@
+"""The ledger's service layer: record, read and verify tenants' audit logs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Mapper, Recording
+from eventsourcing.utils import Environment, EnvType, get_topic
+
+from audit_core.canonical import content_digest
+from audit_core.domain import TenantLog, tenant_log_id, version_of
+from audit_core.exceptions import (
+    DuplicateEventIdError,
+    EventNotFoundError,
+    LedgerBusyError,
+    TenantNotFoundError,
+)
+from audit_core.persistence import (
+    OPENED_TOPIC,
+    IndexedId,
+    LedgerMapper,
+    LedgerRecorder,
+    PostgresLedgerRecorder,
+    SQLiteLedgerRecorder,
+)
+from audit_core.schema import Limits, check_tenant, format_timestamp, normalise_batch
+
+Record = dict[str, Any]
+
+_RECORDERS = {
+    "eventsourcing.postgres": PostgresLedgerRecorder,
+    "eventsourcing.sqlite": SQLiteLedgerRecorder,
+}
+
+
+class Ledger(Application[UUID]):
+    """Tenants' hash-chained audit logs, stored through eventsourcing.
+
+    ``env`` is the complete configuration (built by ``api.settings``); unlike a plain
+    eventsourcing application, the ledger never reads ``os.environ`` itself.
+    """
+
+    name = "Ledger"
+    env: ClassVar[dict[str, str]] = {
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
+        "IS_SNAPSHOTTING_ENABLED": "y",
+    }
+    snapshot_every = 10_000
+    max_append_attempts = 64
+
+    def __init__(self, env: EnvType | None = None, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        super().__init__(env)
+        secret = self.env.get("CIPHER_KEY") or "vigil-event-id-index"
+        self._id_secret = hashlib.sha256(b"vigil id index\x00" + secret.encode()).digest()
+
+    # -- construction ---------------------------------------------------------------
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        values = dict(type(self).env)
+        module = (env or {}).get("PERSISTENCE_MODULE", "eventsourcing.popo")
+        recorder = _RECORDERS.get(module)
+        if recorder is not None:
+            values["APPLICATION_RECORDER_TOPIC"] = get_topic(recorder)
+        values.update(env or {})
+        return Environment(name, values)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=LedgerMapper)
+
+    @property
+    def ledger_recorder(self) -> LedgerRecorder:
+        if not isinstance(self.recorder, LedgerRecorder):
+            raise TypeError(
+                f"persistence module {self.env.get('PERSISTENCE_MODULE')!r} is not "
+                "supported by the ledger; use eventsourcing.postgres or eventsourcing.sqlite"
+            )
+        return self.recorder
+
+    @property
+    def ledger_mapper(self) -> LedgerMapper:
+        return cast(LedgerMapper, self.mapper)
+
+    # -- commands ---------------------------------------------------------------------
+
+    def record(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Append a batch atomically; return each event's record, in input order.
+
+        An event whose ``id`` is already recorded with the same content returns the
+        original record; with other content the whole batch is refused.
+        """
+        now = datetime.now(UTC)
+        contents = normalise_batch(events, tenant, now, self.limits)
+        keys = [self._id_key(content["id"]) for content in contents]
+        digests = [content_digest(content) for content in contents]
+        first_index: dict[bytes, int] = {}
+        for index, (key, content) in enumerate(zip(keys, contents, strict=True)):
+            if key in first_index:
+                raise DuplicateEventIdError(
+                    tenant, content["id"], index, f"repeats event {first_index[key]} of this batch"
+                )
+            first_index[key] = index
+
+        log_id = tenant_log_id(tenant)
+        for attempt in range(1, self.max_append_attempts + 1):
+            existing = self.ledger_recorder.lookup_ids(log_id, keys)
+            for index, (key, digest) in enumerate(zip(keys, digests, strict=True)):
+                known = existing.get(key)
+                if known is not None and known.digest != digest:
+                    raise DuplicateEventIdError(
+                        tenant,
+                        contents[index]["id"],
+                        index,
+                        f"is already recorded at seq {known.seq} with different content",
+                    )
+            log = self._load_or_open(tenant)
+            received_at = format_timestamp(datetime.now(UTC))
+            results: list[Record | int] = []
+            indexed: list[tuple[UUID, IndexedId]] = []
+            for key, digest, content in zip(keys, digests, contents, strict=True):
+                if key in existing:
+                    results.append(existing[key].seq)
+                    continue
+                record = log.append(content, received_at)
+                indexed.append((log_id, IndexedId(key, record["seq"], digest)))
+                results.append(record)
+            if not indexed:
+                break
+            try:
+                self.save(log, indexed_ids=indexed)
+            except IntegrityError:
+                # Another writer appended first (or recorded one of our ids): reload, retry.
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
+                continue
+            break
+        else:
+            raise LedgerBusyError(tenant, self.max_append_attempts)
+        originals = self._records_by_seq(log_id, [r for r in results if isinstance(r, int)])
+        return [originals[r] if isinstance(r, int) else r for r in results]
+
+    def _load_or_open(self, tenant: str) -> TenantLog:
+        try:
+            log: TenantLog = self.repository.get(tenant_log_id(tenant))
+        except AggregateNotFoundError:
+            log = TenantLog(tenant)
+        return log
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        recordings = super()._record(processing_event)
+        # Keep the saved log in the cache so the next append need not read back the
+        # batch it just wrote; fast-forward still picks up other writers' appends.
+        if self.repository.cache is not None:
+            for aggregate_id, aggregate in processing_event.aggregates.items():
+                self.repository.cache.put(aggregate_id, aggregate)
+        return recordings
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        # Snapshot the log held in memory when a batch crosses a multiple of
+        # snapshot_every, instead of the library's default of replaying it from storage.
+        assert self.snapshots is not None
+        for aggregate in processing_event.aggregates.values():
+            if not isinstance(aggregate, TenantLog):
+                continue
+            batch_size = sum(1 for e in processing_event.events if e.originator_id == aggregate.id)
+            if aggregate.version // self.snapshot_every > (
+                aggregate.version - batch_size
+            ) // self.snapshot_every:
+                self.snapshots.put([TenantLog.Snapshot.take(aggregate)])
+
+    def _id_key(self, event_id: str) -> bytes:
+        return hmac.new(self._id_secret, event_id.encode(), hashlib.sha256).digest()
+
+    # -- queries ----------------------------------------------------------------------
+
+    def tenants(self) -> list[str]:
+        """Every tenant that has a log, in the order their logs were opened."""
+        names: list[str] = []
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start, 1000, topics=[OPENED_TOPIC])
+            for notification in page:
+                opened = self.mapper.to_domain_event(notification)
+                names.append(cast(TenantLog.Opened, opened).tenant)  # type: ignore[attr-defined]
+            if len(page) < 1000:
+                return names
+            start = page[-1].id + 1
+
+    def size(self, tenant: str) -> int:
+        """Number of records in the tenant's log."""
+        check_tenant(tenant)
+        try:
+            log: TenantLog = self.repository.get(tenant_log_id(tenant))
+        except AggregateNotFoundError:
+            return 0
+        return log.next_seq
+
+    def head(self, tenant: str) -> tuple[int, str]:
+        """(size, hash of the last record) of a tenant's log."""
+        check_tenant(tenant)
+        try:
+            log: TenantLog = self.repository.get(tenant_log_id(tenant))
+        except AggregateNotFoundError:
+            raise TenantNotFoundError(tenant) from None
+        return log.next_seq, log.head_hash
+
+    def read(self, tenant: str, *, from_seq: int = 0, limit: int = 100) -> list[Record]:
+        """Up to ``limit`` records of a tenant's log from ``from_seq`` on, oldest first."""
+        check_tenant(tenant)
+        stored = self.recorder.select_events(
+            tenant_log_id(tenant), gt=version_of(from_seq - 1), limit=limit
+        )
+        return [self._to_record(s.state) for s in stored]
+
+    def latest(self, tenant: str, limit: int = 20) -> list[Record]:
+        """The last ``limit`` records of a tenant's log, oldest first."""
+        check_tenant(tenant)
+        stored = self.recorder.select_events(
+            tenant_log_id(tenant), gt=0, desc=True, limit=limit
+        )
+        return [self._to_record(s.state) for s in reversed(stored)]
+
+    def get(self, tenant: str, event_id: str) -> Record:
+        """The record of a client event id."""
+        check_tenant(tenant)
+        log_id = tenant_log_id(tenant)
+        key = self._id_key(event_id)
+        found = self.ledger_recorder.lookup_ids(log_id, [key]).get(key)
+        if found is None:
+            raise EventNotFoundError(tenant, f"with id {event_id!r}")
+        return self.get_seq(tenant, found.seq)
+
+    def get_seq(self, tenant: str, seq: int) -> Record:
+        check_tenant(tenant)
+        return self._records_by_seq(tenant_log_id(tenant), [seq], tenant)[seq]
+
+    def _records_by_seq(
+        self, log_id: UUID, seqs: Sequence[int], tenant: str = ""
+    ) -> dict[int, Record]:
+        """Records at ``seqs``, read as a few contiguous ranges rather than one by one."""
+        wanted = sorted(set(seqs))
+        records: dict[int, Record] = {}
+        start = 0
+        while start < len(wanted):
+            end = start
+            while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= 64:
+                end += 1
+            first, last = wanted[start], wanted[end]
+            for stored in self.recorder.select_events(
+                log_id, gt=version_of(first - 1), lte=version_of(last)
+            ):
+                records[stored.originator_version - 1] = self._to_record(stored.state)
+            start = end + 1
+        missing = [seq for seq in wanted if seq not in records]
+        if missing:
+            raise EventNotFoundError(tenant or str(log_id), f"at seq {missing[0]}")
+        return {seq: records[seq] for seq in wanted}
+
+    def _to_record(self, state: bytes) -> Record:
+        decoded = self.ledger_mapper.decode_recorded(state)
+        return {**decoded["record"], "hash": decoded["hash"]}
+
+    def iter_stored(self, tenant: str, page_size: int = 5000) -> Iterator[tuple[int, bytes]]:
+        """(version, stored state) of every record of a tenant's log, in order."""
+        log_id = tenant_log_id(tenant)
+        version = 0
+        while True:
+            page = self.recorder.select_events(log_id, gt=version, limit=page_size)
+            for stored in page:
+                yield stored.originator_version, stored.state
+            if len(page) < page_size:
+                return
+            version = page[-1].originator_version

@@ -1,0 +1,136 @@
+"""Recompute tenants' hash chains from storage and report the first break of each.
+
+The verifier reads stored rows, not the application's cached state, so whatever was
+done to the database behind the ledger's back (an edited payload, a deleted or swapped
+row, a truncated tail) shows up at the ``seq`` where it happened.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from audit_core.application import Ledger
+from audit_core.canonical import GENESIS_HASH, record_hash
+from audit_core.domain import tenant_log_id
+
+
+class Reason(enum.StrEnum):
+    HASH_MISMATCH = "hash_mismatch"
+    """The record's content no longer hashes to its stored hash."""
+    BROKEN_LINK = "broken_link"
+    """The record's prev_hash is not the hash of the record before it."""
+    GAP = "gap"
+    """A seq is missing from storage."""
+    SEQ_MISMATCH = "seq_mismatch"
+    """The record claims another position (or tenant) than the one it is stored at."""
+    UNDECODABLE = "undecodable"
+    """The stored bytes cannot be decrypted or parsed."""
+    TRUNCATED = "truncated"
+    """Records the ledger knows it wrote are gone from the end of the log."""
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    seq: int
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True)
+class TenantReport:
+    tenant: str
+    records: int
+    """How many records were checked before the first break (or in all)."""
+    head_hash: str
+    """Hash of the last good record."""
+    problem: ChainBreak | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+Progress = Callable[[int], None]
+
+
+def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None) -> TenantReport:
+    """Check one tenant's whole chain; ``progress`` is told how many records each step did."""
+    mapper = ledger.ledger_mapper
+    expected_seq = 0
+    prev_hash = GENESIS_HASH
+    pending = 0
+
+    def broken(seq: int, reason: Reason, detail: str) -> TenantReport:
+        return TenantReport(tenant, expected_seq, prev_hash, ChainBreak(seq, reason, detail))
+
+    for version, state in ledger.iter_stored(tenant):
+        seq = version - 1
+        if seq != expected_seq:
+            missing = f"seq {expected_seq}" + (f" to {seq - 1}" if seq - 1 > expected_seq else "")
+            return broken(expected_seq, Reason.GAP, f"{missing} missing from storage")
+        try:
+            decoded = mapper.decode_recorded(state)
+            record, stored_hash = decoded["record"], decoded["hash"]
+        except Exception as error:  # noqa: BLE001 - any failure to decode is the finding
+            return broken(seq, Reason.UNDECODABLE, f"{type(error).__name__}: {error}")
+        if record.get("seq") != seq or record.get("tenant") != tenant:
+            return broken(
+                seq,
+                Reason.SEQ_MISMATCH,
+                f"stored at seq {seq} of {tenant!r} but the record says seq "
+                f"{record.get('seq')!r} of {record.get('tenant')!r}",
+            )
+        if record.get("prev_hash") != prev_hash:
+            return broken(
+                seq,
+                Reason.BROKEN_LINK,
+                f"prev_hash {record.get('prev_hash')!r} is not the hash of seq {seq - 1} "
+                f"({prev_hash})",
+            )
+        computed = record_hash(record)
+        if computed != stored_hash:
+            return broken(
+                seq,
+                Reason.HASH_MISMATCH,
+                f"content hashes to {computed} but the stored hash is {stored_hash}",
+            )
+        prev_hash = stored_hash
+        expected_seq += 1
+        pending += 1
+        if progress is not None and pending == 1000:
+            progress(pending)
+            pending = 0
+    if progress is not None and pending:
+        progress(pending)
+
+    written = _highest_seq_written(ledger, tenant)
+    if written is not None and written >= expected_seq:
+        return broken(
+            expected_seq,
+            Reason.TRUNCATED,
+            f"the ledger wrote up to seq {written} but storage ends at seq {expected_seq - 1}",
+        )
+    return TenantReport(tenant, expected_seq, prev_hash)
+
+
+def _highest_seq_written(ledger: Ledger, tenant: str) -> int | None:
+    """Highest seq the id index or the latest snapshot says was recorded."""
+    log_id = tenant_log_id(tenant)
+    highest = ledger.ledger_recorder.max_indexed_seq(log_id)
+    if ledger.snapshots is not None:
+        for snapshot in ledger.snapshots.get(log_id, desc=True, limit=1):
+            from_snapshot = snapshot.originator_version - 1
+            highest = from_snapshot if highest is None else max(highest, from_snapshot)
+    return highest
+
+
+def verify(
+    ledger: Ledger, tenants: list[str] | None = None, progress: Progress | None = None
+) -> list[TenantReport]:
+    """Verify the named tenants, or every tenant with a log."""
+    return [
+        verify_tenant(ledger, tenant, progress)
+        for tenant in (ledger.tenants() if tenants is None else tenants)
+    ]
