@@ -181,7 +181,9 @@ def _print_record(record: dict[str, Any]) -> None:
 def tail(
     tenant: TenantOption = "default",
     lines: Annotated[int, typer.Option("-n", "--lines", min=1, max=10_000)] = 20,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new records.")
+    ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.")] = 1.0,
 ) -> None:
     """Print the newest records of a tenant's log as JSON Lines."""
@@ -207,7 +209,11 @@ def show(
     if (event_id is None) == (seq is None):
         fail("give either an event id or --seq", 2)
     with open_ledger() as ledger:
-        found = ledger.get(tenant, event_id) if event_id is not None else ledger.get_seq(tenant, seq or 0)
+        found = (
+            ledger.get(tenant, event_id)
+            if event_id is not None
+            else ledger.get_seq(tenant, seq or 0)
+        )
         out.print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode(), markup=False)
 
 
@@ -225,7 +231,9 @@ def verify(
     tenant: Annotated[
         list[str] | None, typer.Option("--tenant", "-t", help="Only these tenants (repeatable).")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="One JSON report per tenant.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON report per tenant.")
+    ] = False,
 ) -> None:
     """Recompute every chain from storage; report the first bad seq of each tenant."""
     with open_ledger() as ledger:
@@ -235,9 +243,7 @@ def verify(
         with _progress() as progress:
             task = progress.add_task("verifying", total=total)
             for name in names:
-                reports.append(
-                    verify_tenant(ledger, name, lambda n: progress.advance(task, n))
-                )
+                reports.append(verify_tenant(ledger, name, lambda n: progress.advance(task, n)))
     for report in reports:
         if json_output:
             problem = report.problem

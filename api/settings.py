@@ -63,9 +63,7 @@ class Settings(BaseSettings):
         except (binascii.Error, ValueError):
             raise ValueError("VIGIL_ENCRYPTION_KEY is not valid base64") from None
         if len(key) != 32:
-            raise ValueError(
-                f"VIGIL_ENCRYPTION_KEY decodes to {len(key)} bytes; AES-256 needs 32"
-            )
+            raise ValueError(f"VIGIL_ENCRYPTION_KEY decodes to {len(key)} bytes; AES-256 needs 32")
         return value
 
     def limits(self) -> Limits:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
@@ -15,8 +15,8 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.persistence import IntegrityError, Mapper, Recording
 from eventsourcing.utils import Environment, EnvType, get_topic
 
-from audit_core.canonical import content_digest
-from audit_core.domain import TenantLog, tenant_log_id, version_of
+from audit_core.canonical import canonical_bytes
+from audit_core.domain import TenantLog, client_content, tenant_log_id, version_of
 from audit_core.exceptions import (
     DuplicateEventIdError,
     EventNotFoundError,
@@ -34,6 +34,11 @@ from audit_core.persistence import (
 from audit_core.schema import Limits, check_tenant, format_timestamp, normalise_batch
 
 Record = dict[str, Any]
+
+
+def _same_content(original: Record, content: dict[str, Any]) -> bool:
+    return canonical_bytes(client_content(original)) == canonical_bytes(content)
+
 
 _RECORDERS = {
     "eventsourcing.postgres": PostgresLedgerRecorder,
@@ -75,7 +80,9 @@ class Ledger(Application[UUID]):
         return Environment(name, values)
 
     def construct_mapper(self) -> Mapper[UUID]:
-        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=LedgerMapper)
+        return self.factory.mapper(
+            transcoder=self.construct_transcoder(), mapper_class=LedgerMapper
+        )
 
     @property
     def ledger_recorder(self) -> LedgerRecorder:
@@ -101,7 +108,6 @@ class Ledger(Application[UUID]):
         now = datetime.now(UTC)
         contents = normalise_batch(events, tenant, now, self.limits)
         keys = [self._id_key(content["id"]) for content in contents]
-        digests = [content_digest(content) for content in contents]
         first_index: dict[bytes, int] = {}
         for index, (key, content) in enumerate(zip(keys, contents, strict=True)):
             if key in first_index:
@@ -111,41 +117,45 @@ class Ledger(Application[UUID]):
             first_index[key] = index
 
         log_id = tenant_log_id(tenant)
+        # The first attempt assumes the ids are new and lets the id index's primary
+        # key say otherwise: a retried batch costs one refused insert, and every
+        # fresh batch saves a lookup.
+        known: dict[bytes, int] = {}
+        originals: dict[int, Record] = {}
         for attempt in range(1, self.max_append_attempts + 1):
-            existing = self.ledger_recorder.lookup_ids(log_id, keys)
-            for index, (key, digest) in enumerate(zip(keys, digests, strict=True)):
-                known = existing.get(key)
-                if known is not None and known.digest != digest:
-                    raise DuplicateEventIdError(
-                        tenant,
-                        contents[index]["id"],
-                        index,
-                        f"is already recorded at seq {known.seq} with different content",
-                    )
+            if attempt > 1:
+                known = self.ledger_recorder.lookup_ids(log_id, keys)
+                originals = self._records_by_seq(log_id, list(known.values()), tenant)
+                for index, key in enumerate(keys):
+                    if key in known and not _same_content(originals[known[key]], contents[index]):
+                        raise DuplicateEventIdError(
+                            tenant,
+                            contents[index]["id"],
+                            index,
+                            f"is already recorded at seq {known[key]} with different content",
+                        )
             log = self._load_or_open(tenant)
             received_at = format_timestamp(datetime.now(UTC))
-            results: list[Record | int] = []
+            results: list[Record] = []
             indexed: list[tuple[UUID, IndexedId]] = []
-            for key, digest, content in zip(keys, digests, contents, strict=True):
-                if key in existing:
-                    results.append(existing[key].seq)
+            for key, content in zip(keys, contents, strict=True):
+                if key in known:
+                    results.append(originals[known[key]])
                     continue
                 record = log.append(content, received_at)
-                indexed.append((log_id, IndexedId(key, record["seq"], digest)))
+                indexed.append((log_id, IndexedId(key, record["seq"])))
                 results.append(record)
             if not indexed:
-                break
+                return results
             try:
                 self.save(log, indexed_ids=indexed)
             except IntegrityError:
-                # Another writer appended first (or recorded one of our ids): reload, retry.
-                time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
+                # Another writer appended first, or one of the ids is recorded already.
+                if attempt > 1:
+                    time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
                 continue
-            break
-        else:
-            raise LedgerBusyError(tenant, self.max_append_attempts)
-        originals = self._records_by_seq(log_id, [r for r in results if isinstance(r, int)])
-        return [originals[r] if isinstance(r, int) else r for r in results]
+            return results
+        raise LedgerBusyError(tenant, self.max_append_attempts)
 
     def _load_or_open(self, tenant: str) -> TenantLog:
         try:
@@ -171,9 +181,10 @@ class Ledger(Application[UUID]):
             if not isinstance(aggregate, TenantLog):
                 continue
             batch_size = sum(1 for e in processing_event.events if e.originator_id == aggregate.id)
-            if aggregate.version // self.snapshot_every > (
-                aggregate.version - batch_size
-            ) // self.snapshot_every:
+            if (
+                aggregate.version // self.snapshot_every
+                > (aggregate.version - batch_size) // self.snapshot_every
+            ):
                 self.snapshots.put([TenantLog.Snapshot.take(aggregate)])
 
     def _id_key(self, event_id: str) -> bytes:
@@ -189,7 +200,7 @@ class Ledger(Application[UUID]):
             page = self.recorder.select_notifications(start, 1000, topics=[OPENED_TOPIC])
             for notification in page:
                 opened = self.mapper.to_domain_event(notification)
-                names.append(cast(TenantLog.Opened, opened).tenant)  # type: ignore[attr-defined]
+                names.append(cast(TenantLog.Opened, opened).tenant)
             if len(page) < 1000:
                 return names
             start = page[-1].id + 1
@@ -223,9 +234,7 @@ class Ledger(Application[UUID]):
     def latest(self, tenant: str, limit: int = 20) -> list[Record]:
         """The last ``limit`` records of a tenant's log, oldest first."""
         check_tenant(tenant)
-        stored = self.recorder.select_events(
-            tenant_log_id(tenant), gt=0, desc=True, limit=limit
-        )
+        stored = self.recorder.select_events(tenant_log_id(tenant), gt=0, desc=True, limit=limit)
         return [self._to_record(s.state) for s in reversed(stored)]
 
     def get(self, tenant: str, event_id: str) -> Record:
@@ -233,10 +242,10 @@ class Ledger(Application[UUID]):
         check_tenant(tenant)
         log_id = tenant_log_id(tenant)
         key = self._id_key(event_id)
-        found = self.ledger_recorder.lookup_ids(log_id, [key]).get(key)
-        if found is None:
+        seq = self.ledger_recorder.lookup_ids(log_id, [key]).get(key)
+        if seq is None:
             raise EventNotFoundError(tenant, f"with id {event_id!r}")
-        return self.get_seq(tenant, found.seq)
+        return self.get_seq(tenant, seq)
 
     def get_seq(self, tenant: str, seq: int) -> Record:
         check_tenant(tenant)
@@ -248,6 +257,8 @@ class Ledger(Application[UUID]):
         """Records at ``seqs``, read as a few contiguous ranges rather than one by one."""
         wanted = sorted(set(seqs))
         records: dict[int, Record] = {}
+        if not wanted:
+            return records
         start = 0
         while start < len(wanted):
             end = start
@@ -267,15 +278,3 @@ class Ledger(Application[UUID]):
     def _to_record(self, state: bytes) -> Record:
         decoded = self.ledger_mapper.decode_recorded(state)
         return {**decoded["record"], "hash": decoded["hash"]}
-
-    def iter_stored(self, tenant: str, page_size: int = 5000) -> Iterator[tuple[int, bytes]]:
-        """(version, stored state) of every record of a tenant's log, in order."""
-        log_id = tenant_log_id(tenant)
-        version = 0
-        while True:
-            page = self.recorder.select_events(log_id, gt=version, limit=page_size)
-            for stored in page:
-                yield stored.originator_version, stored.state
-            if len(page) < page_size:
-                return
-            version = page[-1].originator_version

@@ -22,26 +22,38 @@ GENESIS_HASH = "0" * 64
 _SORTED = orjson.OPT_SORT_KEYS
 
 
-def _orjson_is_jcs(value: Any) -> bool:
-    """True when orjson's sorted output of ``value`` is byte-identical to JCS."""
-    kind = type(value)
-    if kind is dict:
+def _holds_float(value: Any) -> bool:
+    """True if any number inside ``value`` is a float."""
+    items = value.values() if type(value) is dict else value
+    for item in items:
+        kind = type(item)
+        if kind is float:
+            return True
+        if (kind is dict or kind is list) and _holds_float(item):
+            return True
+    return False
+
+
+def _holds_astral_key(value: Any) -> bool:
+    """True if an object key inside ``value`` has a character beyond U+FFFF."""
+    if type(value) is dict:
         for key, item in value.items():
-            if not key.isascii() and any(ord(char) > 0xFFFF for char in key):
-                return False
-            if not _orjson_is_jcs(item):
-                return False
-        return True
-    if kind is list:
-        return all(_orjson_is_jcs(item) for item in value)
-    return kind is not float
+            if any(ord(char) > 0xFFFF for char in key) or _holds_astral_key(item):
+                return True
+    elif type(value) is list:
+        return any(_holds_astral_key(item) for item in value)
+    return False
 
 
 def canonical_bytes(value: Any) -> bytes:
     """RFC 8785 canonical JSON of ``value``."""
-    if _orjson_is_jcs(value):
-        return orjson.dumps(value, option=_SORTED)
-    return bytes(rfc8785.dumps(value))
+    encoded = orjson.dumps(value, option=_SORTED)
+    if type(value) is float or (type(value) in (dict, list) and _holds_float(value)):
+        return bytes(rfc8785.dumps(value))
+    # An all-ASCII encoding has only ASCII keys, so no key can sort differently.
+    if not encoded.isascii() and _holds_astral_key(value):
+        return bytes(rfc8785.dumps(value))
+    return encoded
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -49,8 +61,3 @@ def record_hash(record: dict[str, Any]) -> str:
     if "hash" in record:
         record = {key: value for key, value in record.items() if key != "hash"}
     return hashlib.sha256(canonical_bytes(record)).hexdigest()
-
-
-def content_digest(content: dict[str, Any]) -> bytes:
-    """Digest of what a client sent, to tell an idempotent retry from a conflicting reuse."""
-    return hashlib.sha256(canonical_bytes(content)).digest()

@@ -22,6 +22,15 @@ def tenant_log_id(tenant: str) -> uuid.UUID:
     return uuid.uuid5(_TENANT_NAMESPACE, tenant)
 
 
+SERVER_FIELDS = frozenset(("tenant", "seq", "received_at", "prev_hash", "hash"))
+"""Fields the ledger adds to what a client sent."""
+
+
+def client_content(record: dict[str, Any]) -> dict[str, Any]:
+    """What the client sent, as normalised, of a stored record."""
+    return {key: value for key, value in record.items() if key not in SERVER_FIELDS}
+
+
 def version_of(seq: int) -> int:
     return seq + 1
 
@@ -31,11 +40,18 @@ class TenantLog(Aggregate):
 
     INITIAL_VERSION = 0
 
+    class Opened(Aggregate.Created):
+        tenant: str
+
+    class Recorded(Aggregate.Event):
+        record: dict[str, Any]
+        hash: str
+
     @classmethod
     def create_id(cls, tenant: str) -> uuid.UUID:
         return tenant_log_id(tenant)
 
-    @event("Opened")
+    @event(Opened)
     def __init__(self, tenant: str):
         self.tenant = tenant
         self.head_hash = GENESIS_HASH
@@ -54,9 +70,11 @@ class TenantLog(Aggregate):
             "prev_hash": self.head_hash,
         }
         digest = record_hash(record)
-        self._recorded(record=record, hash=digest)
+        # trigger_event directly: the decorated method's argument coercion costs more
+        # than the rest of an append.
+        self.trigger_event(self.Recorded, record=record, hash=digest)
         return {**record, "hash": digest}
 
-    @event("Recorded")
-    def _recorded(self, record: dict[str, Any], hash: str) -> None:  # noqa: A002
+    @event(Recorded)
+    def _recorded(self, record: dict[str, Any], hash: str) -> None:
         self.head_hash = hash

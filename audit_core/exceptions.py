@@ -1,11 +1,11 @@
 """Errors raised by the ledger. ``api/`` maps them to HTTP statuses and exit codes.
 
-    LedgerError
-    ├── InvalidEventError        input refused; names the event index and the field
-    ├── DuplicateEventIdError    an id reused with different content (or twice in one batch)
-    ├── EventNotFoundError       no record with that id or seq in the tenant's log
-    ├── TenantNotFoundError      the tenant has no log yet
-    └── LedgerBusyError          concurrent writers kept winning; nothing was recorded
+LedgerError
+├── InvalidEventError        input refused; names the event index and the field
+├── DuplicateEventIdError    an id reused with different content (or twice in one batch)
+├── EventNotFoundError       no record with that id or seq in the tenant's log
+├── TenantNotFoundError      the tenant has no log yet
+└── LedgerBusyError          concurrent writers kept winning; nothing was recorded
 """
 
 from __future__ import annotations
