@@ -65,6 +65,7 @@ class Ledger(Application[UUID]):
     def __init__(self, env: EnvType | None = None, limits: Limits | None = None):
         self.limits = limits or Limits()
         super().__init__(env)
+        self.ledger_recorder  # noqa: B018 - refuse an unsupported persistence module now
         secret = self.env.get("CIPHER_KEY") or "vigil-event-id-index"
         self._id_secret = hashlib.sha256(b"vigil id index\x00" + secret.encode()).digest()
 
