@@ -7,6 +7,7 @@ import hmac
 import random
 import time
 from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
@@ -31,13 +32,39 @@ from audit_core.persistence import (
     PostgresLedgerRecorder,
     SQLiteLedgerRecorder,
 )
-from audit_core.schema import Limits, check_tenant, format_timestamp, normalise_batch
+from audit_core.schema import Limits, check_tenant, normalise_batch
 
 Record = dict[str, Any]
 
 
 def _same_content(original: Record, content: dict[str, Any]) -> bool:
     return canonical_bytes(client_content(original)) == canonical_bytes(content)
+
+
+def _append(
+    log: TenantLog,
+    keys: list[bytes],
+    contents: list[dict[str, Any]],
+    known: dict[bytes, int],
+    originals: dict[int, Record],
+) -> tuple[list[Record], list[tuple[UUID, IndexedId]]]:
+    """Append the contents whose keys are not ``known``; the batch's records in order,
+    and the id index rows of the new ones."""
+    appended = iter(
+        log.append(
+            [c for k, c in zip(keys, contents, strict=True) if k not in known], datetime.now(UTC)
+        )
+    )
+    results: list[Record] = []
+    indexed: list[tuple[UUID, IndexedId]] = []
+    for key in keys:
+        if key in known:
+            results.append(originals[known[key]])
+            continue
+        record = next(appended)
+        indexed.append((log.id, IndexedId(key, record["seq"])))
+        results.append(record)
+    return results, indexed
 
 
 _RECORDERS = {
@@ -106,17 +133,7 @@ class Ledger(Application[UUID]):
         An event whose ``id`` is already recorded with the same content returns the
         original record; with other content the whole batch is refused.
         """
-        now = datetime.now(UTC)
-        contents = normalise_batch(events, tenant, now, self.limits)
-        keys = [self._id_key(content["id"]) for content in contents]
-        first_index: dict[bytes, int] = {}
-        for index, (key, content) in enumerate(zip(keys, contents, strict=True)):
-            if key in first_index:
-                raise DuplicateEventIdError(
-                    tenant, content["id"], index, f"repeats event {first_index[key]} of this batch"
-                )
-            first_index[key] = index
-
+        contents, keys = self._prepare(tenant, events)
         log_id = tenant_log_id(tenant)
         # The first attempt assumes the ids are new and lets the id index's primary
         # key say otherwise: a retried batch costs one refused insert, and every
@@ -135,17 +152,8 @@ class Ledger(Application[UUID]):
                             index,
                             f"is already recorded at seq {known[key]} with different content",
                         )
-            log = self._load_or_open(tenant)
-            received_at = format_timestamp(datetime.now(UTC))
-            results: list[Record] = []
-            indexed: list[tuple[UUID, IndexedId]] = []
-            for key, content in zip(keys, contents, strict=True):
-                if key in known:
-                    results.append(originals[known[key]])
-                    continue
-                record = log.append(content, received_at)
-                indexed.append((log_id, IndexedId(key, record["seq"])))
-                results.append(record)
+            log = self._load_or_open(tenant, fresh=attempt > 1)
+            results, indexed = _append(log, keys, contents, known, originals)
             if not indexed:
                 return results
             try:
@@ -158,9 +166,36 @@ class Ledger(Application[UUID]):
             return results
         raise LedgerBusyError(tenant, self.max_append_attempts)
 
-    def _load_or_open(self, tenant: str) -> TenantLog:
+    def _prepare(
+        self, tenant: str, events: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """Validated contents of a batch and their id keys; refuses an id used twice."""
+        contents = normalise_batch(events, tenant, datetime.now(UTC), self.limits)
+        keys = [self._id_key(content["id"]) for content in contents]
+        first_index: dict[bytes, int] = {}
+        for index, (key, content) in enumerate(zip(keys, contents, strict=True)):
+            if key in first_index:
+                raise DuplicateEventIdError(
+                    tenant, content["id"], index, f"repeats event {first_index[key]} of this batch"
+                )
+            first_index[key] = index
+        return contents, keys
+
+    def _load_or_open(self, tenant: str, *, fresh: bool) -> TenantLog:
+        """The tenant's log: as this process last saved it, or ``fresh`` from storage.
+
+        A stale log costs nothing but a retry (its next version is taken, so the save
+        fails), so the first attempt of an append skips the fast-forward query.
+        """
+        log_id = tenant_log_id(tenant)
+        cache = self.repository.cache
+        if not fresh and cache is not None:
+            try:
+                return cast(TenantLog, deepcopy(cache.get(log_id)))
+            except KeyError:
+                pass
         try:
-            log: TenantLog = self.repository.get(tenant_log_id(tenant))
+            log: TenantLog = self.repository.get(log_id)
         except AggregateNotFoundError:
             log = TenantLog(tenant)
         return log

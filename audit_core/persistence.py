@@ -128,9 +128,6 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
         self.copy_ids_statement = SQL(
             "COPY {schema}.{ids} (originator_id, id_key, seq) FROM STDIN (FORMAT BINARY)"
         ).format(schema=schema, ids=ids)
-        self.last_notification_id_statement = SQL(
-            "SELECT currval(pg_get_serial_sequence({table}, 'notification_id')) AS last"
-        ).format(table=f"{datastore.schema}.{events_table_name}")
         self.lookup_ids_statement = SQL(
             "SELECT id_key, seq FROM {schema}.{ids} WHERE originator_id = %s AND id_key = ANY(%s)"
         ).format(schema=schema, ids=ids)
@@ -154,7 +151,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         if not stored_events:
-            return []
+            return None
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             # The table lock keeps commit order equal to notification id order, so
             # followers of the notification log never skip a late-committing batch.
@@ -176,12 +173,9 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
                     copy.set_types([self._id_type, "bytea", "int8"])
                     for log_id, indexed in indexed_ids:
                         copy.write_row((log_id, indexed.key, indexed.seq))
-            curs.execute(self.last_notification_id_statement)
-            row = curs.fetchone()
-            assert row is not None
-            last = int(row["last"])
-        # Under the table lock nobody else draws from the sequence: the ids are contiguous.
-        return list(range(last - len(stored_events) + 1, last + 1))
+        # No notification ids: the ledger's followers read the notification log, and
+        # returning them would make the event store build a Recording per event.
+        return None
 
     def lookup_ids(self, log_id: UUID, keys: Sequence[bytes]) -> dict[bytes, int]:
         if not keys:
