@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import random
@@ -13,7 +14,7 @@ from typing import Any, ClassVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, Mapper, Recording
+from eventsourcing.persistence import IntegrityError, InternalError, Mapper, Recording
 from eventsourcing.utils import Environment, EnvType, get_topic
 
 from audit_core.canonical import canonical_bytes
@@ -91,7 +92,19 @@ class Ledger(Application[UUID]):
 
     def __init__(self, env: EnvType | None = None, limits: Limits | None = None):
         self.limits = limits or Limits()
-        super().__init__(env)
+        # Processes starting together (``vigil serve --workers``) race to create the
+        # tables, and PostgreSQL's catalog refuses the losers; once one has won, the
+        # library's IF NOT EXISTS statements succeed for everyone.
+        for attempt in range(1, 6):
+            try:
+                super().__init__(env)
+                break
+            except (IntegrityError, InternalError):
+                if attempt == 5:
+                    raise
+                with contextlib.suppress(Exception):
+                    self.factory.close()
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
         self.ledger_recorder  # noqa: B018 - refuse an unsupported persistence module now
         secret = self.env.get("CIPHER_KEY") or "vigil-event-id-index"
         self._id_secret = hashlib.sha256(b"vigil id index\x00" + secret.encode()).digest()
@@ -216,11 +229,13 @@ class Ledger(Application[UUID]):
         for aggregate in processing_event.aggregates.values():
             if not isinstance(aggregate, TenantLog):
                 continue
-            batch_size = sum(1 for e in processing_event.events if e.originator_id == aggregate.id)
-            if (
-                aggregate.version // self.snapshot_every
-                > (aggregate.version - batch_size) // self.snapshot_every
-            ):
+            recorded = sum(
+                1
+                for e in processing_event.events
+                if e.originator_id == aggregate.id and isinstance(e, TenantLog.Recorded)
+            )
+            before = aggregate.version - recorded
+            if aggregate.version // self.snapshot_every > before // self.snapshot_every:
                 self.snapshots.put([TenantLog.Snapshot.take(aggregate)])
 
     def _id_key(self, event_id: str) -> bytes:

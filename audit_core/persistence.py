@@ -23,11 +23,16 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import (
+    InterfaceError,
+    Mapper,
+    MapperDeserialisationError,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from eventsourcing.utils import get_topic, retry
-from psycopg import InterfaceError, OperationalError
 from psycopg.sql import SQL, Identifier, Literal
 
 from audit_core.domain import TenantLog
@@ -70,11 +75,16 @@ class LedgerMapper(Mapper[UUID]):
 
     def decode_recorded(self, state: bytes) -> dict[str, Any]:
         """Plain state of a stored ``Recorded`` event: ``record``, ``hash``, ``timestamp``."""
-        if self.cipher:
-            state = self.cipher.decrypt(state)
-        if self.compressor:
-            state = self.compressor.decompress(state)
-        decoded: dict[str, Any] = orjson.loads(state)
+        try:
+            if self.cipher:
+                state = self.cipher.decrypt(state)
+            if self.compressor:
+                state = self.compressor.decompress(state)
+            decoded: dict[str, Any] = orjson.loads(state)
+        except Exception as error:
+            raise MapperDeserialisationError(
+                f"cannot decode a stored audit record: {type(error).__name__}: {error}"
+            ) from error
         return decoded
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:

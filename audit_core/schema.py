@@ -229,7 +229,8 @@ def normalise(
         )
     try:
         occurred_at = parse_timestamp(event["occurred_at"])
-    except ValueError as error:
+        occurred_at_utc = format_timestamp(occurred_at)
+    except (ValueError, OverflowError) as error:
         raise InvalidEventError(
             [
                 FieldProblem(
@@ -253,7 +254,7 @@ def normalise(
     # Every field present, null where absent: one shape for every stored record.
     content: dict[str, Any] = {
         "id": event.get("id") or str(uuid.uuid4()),
-        "occurred_at": format_timestamp(occurred_at),
+        "occurred_at": occurred_at_utc,
         "actor": {
             "id": actor["id"],
             "type": actor.get("type", "user"),

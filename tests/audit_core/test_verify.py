@@ -1,0 +1,133 @@
+"""The verifier recomputes chains from storage and names the first bad seq and why."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from audit_core import Reason, verify, verify_tenant
+from tests.events import audit_events
+from tests.stores import Store
+from tests.tampering import Tampering, seed, tamperings
+
+KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def test_an_untouched_log_verifies_up_to_its_head(store: Store) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    report = verify_tenant(ledger, "acme")
+    assert report.ok
+    assert report.problem is None
+    assert (report.records, report.head_hash) == (6, ledger.head("acme")[1])
+
+
+def test_an_empty_log_verifies_with_no_records(store: Store) -> None:
+    report = verify_tenant(store.open_ledger(), "nobody")
+    assert (report.ok, report.records, report.head_hash) == (True, 0, "0" * 64)
+
+
+@tamperings
+def test_tampering_in_the_database_is_reported_at_the_seq_where_it_happened(
+    store: Store, tampering: Tampering
+) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    tampering.apply(store)
+
+    report = verify_tenant(ledger, "acme")
+
+    assert report.problem is not None, f"{tampering.name} went unnoticed"
+    assert (report.problem.seq, report.problem.reason) == (tampering.seq, Reason(tampering.reason))
+    assert report.records == tampering.seq, "records before the break were all good"
+    assert not report.ok
+
+
+@tamperings
+def test_tampering_is_also_found_by_a_ledger_opened_afterwards(
+    store: Store, tampering: Tampering
+) -> None:
+    seed(store.open_ledger())
+    tampering.apply(store)
+
+    reports = {report.tenant: report for report in verify(store.open_ledger())}
+
+    assert reports["globex"].ok
+    broken = reports["acme"].problem
+    assert broken is not None
+    assert (broken.seq, broken.reason.value) == (tampering.seq, tampering.reason)
+
+
+def test_the_report_details_say_what_is_wrong(store: Store) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    store.delete_seqs("acme", 1, 2)
+    store.delete_seqs("acme", 5)
+    problem = verify_tenant(ledger, "acme").problem
+    assert problem is not None
+    assert problem.detail == "seq 1 to 2 missing from storage"
+
+
+def test_truncation_is_reported_with_the_last_seq_the_ledger_wrote(store: Store) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    store.delete_seqs("acme", 3, 4, 5)
+    problem = verify_tenant(ledger, "acme").problem
+    assert problem is not None
+    assert (problem.seq, problem.reason) == (3, Reason.TRUNCATED)
+    assert "wrote up to seq 5 but storage ends at seq 2" in problem.detail
+
+
+def test_truncation_shows_through_a_snapshot_even_when_the_id_index_is_cut_too(
+    store: Store,
+) -> None:
+    ledger = store.open_ledger()
+    ledger.snapshot_every = 3
+    ledger.record("acme", audit_events(3, prefix="a"))
+    ledger.record("acme", audit_events(3, prefix="b"))
+    store.delete_seqs("acme", 4, 5)
+    store.delete_indexed_ids("acme", 4)
+    problem = verify_tenant(store.open_ledger(), "acme").problem
+    assert problem is not None
+    assert (problem.seq, problem.reason) == (4, Reason.TRUNCATED)
+
+
+def test_with_encryption_a_flipped_byte_in_a_stored_payload_is_caught(store: Store) -> None:
+    ledger = store.open_ledger(encryption_key=KEY)
+    seed(ledger)
+    assert verify_tenant(ledger, "acme").ok
+    state = bytearray(store.stored_state("acme", 2))
+    state[len(state) // 2] ^= 0x01
+    store.set_stored_state("acme", 2, bytes(state))
+    problem = verify_tenant(ledger, "acme").problem
+    assert problem is not None
+    assert (problem.seq, problem.reason) == (2, Reason.UNDECODABLE)
+
+
+def test_progress_is_told_every_record_checked(store: Store) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    counted: list[int] = []
+    verify(ledger, progress=counted.append)
+    assert sum(counted) == 9
+
+
+@pytest.mark.parametrize("tenants", [["globex"], ["acme", "globex"]])
+def test_verify_checks_only_the_named_tenants(store: Store, tenants: list[str]) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    assert [report.tenant for report in verify(ledger, tenants)] == tenants
+
+
+def test_a_log_longer_than_a_page_of_storage_verifies_and_a_late_break_is_found(
+    store: Store,
+) -> None:
+    ledger = store.open_ledger()
+    for batch in range(6):
+        ledger.record("acme", audit_events(1000, prefix=f"b{batch}"))
+    assert verify_tenant(ledger, "acme").records == 6000
+    store.delete_seqs("acme", 5500)
+    problem = verify_tenant(ledger, "acme").problem
+    assert problem is not None
+    assert (problem.seq, problem.reason) == (5500, Reason.GAP)
