@@ -7,6 +7,8 @@ Exit codes: 0 done, 1 a chain failed verification, 2 bad input or usage,
 from __future__ import annotations
 
 import base64
+import multiprocessing
+import os
 import secrets
 import sys
 import time
@@ -18,7 +20,8 @@ from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.domain import EventSourcingError, OriginatorVersionError
+from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -66,8 +69,10 @@ def open_ledger() -> Iterator[Ledger]:
         fail(f"bad configuration: {problems}", 2)
     try:
         ledger = Ledger(settings.ledger_env(), settings.limits())
+    except OSError as error:
+        fail(f"cannot use VIGIL_DATABASE_URL {settings.redacted_database_url()}: {error}", 2)
     except PersistenceError as error:
-        fail(f"cannot open the database at {settings.database_url}: {error}", 5)
+        fail(f"cannot open the database at {settings.redacted_database_url()}: {error}", 5)
     try:
         yield ledger
     except InvalidEventError as error:
@@ -76,6 +81,14 @@ def open_ledger() -> Iterator[Ledger]:
         fail(str(error), 4)
     except (EventNotFoundError, TenantNotFoundError) as error:
         fail(str(error), 3)
+    except OriginatorVersionError as error:
+        fail(f"a tenant's stored log is damaged ({error}); run `vigil verify` to locate it", 1)
+    except MapperDeserialisationError as error:
+        fail(
+            f"cannot read the stored events ({error}); is VIGIL_ENCRYPTION_KEY the key "
+            "they were written with?",
+            2,
+        )
     except PersistenceError as error:
         fail(f"storage error: {error}", 5)
     finally:
@@ -223,7 +236,7 @@ def tenants() -> None:
     with open_ledger() as ledger:
         for name in ledger.tenants():
             size, head = ledger.head(name)
-            out.print(f"{name}\t{size}\t{head}")
+            typer.echo(f"{name}\t{size}\t{head}")
 
 
 @app.command()
@@ -238,7 +251,7 @@ def verify(
     """Recompute every chain from storage; report the first bad seq of each tenant."""
     with open_ledger() as ledger:
         names = tenant or ledger.tenants()
-        total = sum(ledger.size(name) for name in names)
+        total = sum(_size_for_progress(ledger, name) for name in names)
         reports = []
         with _progress() as progress:
             task = progress.add_task("verifying", total=total)
@@ -246,21 +259,7 @@ def verify(
                 reports.append(verify_tenant(ledger, name, lambda n: progress.advance(task, n)))
     for report in reports:
         if json_output:
-            problem = report.problem
-            out.print(
-                orjson.dumps(
-                    {
-                        "tenant": report.tenant,
-                        "ok": report.ok,
-                        "records": report.records,
-                        "head_hash": report.head_hash,
-                        "first_bad_seq": problem.seq if problem else None,
-                        "reason": problem.reason.value if problem else None,
-                        "detail": problem.detail if problem else None,
-                    }
-                ).decode(),
-                markup=False,
-            )
+            out.print(orjson.dumps(report.as_dict()).decode(), markup=False)
         elif report.problem is None:
             out.print(f"ok      {report.tenant}: {report.records} records, head {report.head_hash}")
         else:
@@ -275,6 +274,14 @@ def verify(
         raise typer.Exit(1)
 
 
+def _size_for_progress(ledger: Ledger, tenant: str) -> int:
+    """The log's size if it can be loaded; a damaged log is verify's to report, not ours."""
+    try:
+        return ledger.size(tenant)
+    except EventSourcingError:
+        return 0
+
+
 @app.command("new-encryption-key")
 def new_encryption_key() -> None:
     """Print a fresh AES-256 key for VIGIL_ENCRYPTION_KEY."""
@@ -283,3 +290,210 @@ def new_encryption_key() -> None:
 
 def main() -> None:
     app()
+
+
+# -- HTTP API (issue 3): serve, keys ------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (VIGIL_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (VIGIL_PORT).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (VIGIL_WORKERS).")] = None,
+) -> None:
+    """Run the HTTP API (uvicorn) on the configured database."""
+    import uvicorn
+
+    from api.app import configure_logging
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        fail(f"bad configuration: {error}", 2)
+    configure_logging(settings.log_level)
+    follower = None
+    if settings.readmodel_follow:
+        # One follower for the whole server, in its own process: it neither competes
+        # with request handling for the GIL nor races the other workers' followers.
+        follower = multiprocessing.get_context("spawn").Process(
+            target=follow_forever, args=(os.getpid(),), name="vigil-read-model", daemon=True
+        )
+        follower.start()
+        os.environ["VIGIL_READMODEL_FOLLOW"] = "false"
+    try:
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=host or settings.host,
+            port=port if port is not None else settings.port,
+            workers=workers or settings.workers,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+    finally:
+        if follower is not None:
+            follower.terminate()
+            follower.join(timeout=15)
+
+
+def follow_forever(parent_pid: int | None = None) -> None:
+    """Keep the query read model up to date until SIGTERM or SIGINT (or, when started by
+    `vigil serve`, until that process is gone: uvicorn re-raises the signal that stopped
+    it, so its own clean-up may never run)."""
+    import signal
+    import threading
+
+    from audit_core.readmodel import ReadModelFollower, close_view, open_view
+
+    settings = Settings()
+    env = settings.ledger_env()
+    ledger = Ledger(env, settings.limits())
+    view = open_view(env)
+    follower = ReadModelFollower(ledger, view, poll_interval=settings.readmodel_poll_seconds)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    follower.start()
+    try:
+        while not stop.wait(1.0):
+            if parent_pid is not None and os.getppid() != parent_pid:
+                break
+    finally:
+        follower.stop()
+        close_view(view)
+        ledger.close()
+
+
+@app.command()
+def follow() -> None:
+    """Run only the query read model's follower (when `vigil serve` runs without it)."""
+    follow_forever()
+
+
+keys_app = typer.Typer(help="Manage API keys (tokens are shown once, stored hashed).")
+app.add_typer(keys_app, name="keys")
+
+
+def _cli_actor() -> dict[str, Any]:
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return {"id": f"cli:{user}"[:256], "type": "operator"}
+
+
+def _record_key_change(ledger: Ledger, action: str, key: Any) -> None:
+    from audit_core.schema import format_timestamp
+
+    ledger.record(
+        key.tenant,
+        [
+            {
+                "occurred_at": format_timestamp(datetime.now(UTC)),
+                "actor": _cli_actor(),
+                "action": action,
+                "target": {"type": "api_key", "id": key.key_id},
+                "outcome": "success",
+                "source": "system",
+                "metadata": {
+                    "roles": [role.value for role in key.roles],
+                    "expires_at": key.public()["expires_at"],
+                    "networks": list(key.networks),
+                },
+            }
+        ],
+    )
+
+
+@contextmanager
+def open_key_store() -> Iterator[tuple[Ledger, Any]]:
+    from api.keys import ApiKeyError, KeyStore
+
+    with open_ledger() as ledger:
+        store = KeyStore(Settings().ledger_env())
+        try:
+            yield ledger, store
+        except ApiKeyError as error:
+            fail(str(error), 3 if "no API key" in str(error) else 2)
+        finally:
+            store.close()
+
+
+def _parse_expiry(expires: str | None) -> datetime | None:
+    if expires is None:
+        return None
+    from datetime import timedelta
+
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if expires[:-1].isdigit() and expires[-1] in units:
+        return datetime.now(UTC) + timedelta(seconds=int(expires[:-1]) * units[expires[-1]])
+    try:
+        moment = datetime.fromisoformat(expires.upper())
+    except ValueError:
+        fail(f"--expires {expires!r}: give a duration (90d, 12h, 30m) or an RFC 3339 time", 2)
+    if moment.tzinfo is None:
+        fail(f"--expires {expires!r}: needs a time zone offset", 2)
+    return moment
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: TenantOption,
+    role: Annotated[
+        list[str], typer.Option("--role", "-r", help="ingest, analyst, responder, auditor, admin.")
+    ],
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry: a duration (90d, 12h) or an RFC 3339 time.")
+    ] = None,
+    network: Annotated[
+        list[str] | None, typer.Option("--network", help="Allowed client CIDR (repeatable).")
+    ] = None,
+    description: Annotated[str, typer.Option(help="What the key is for.")] = "",
+) -> None:
+    """Create an API key and print its token, once; only its hash is stored."""
+    expires_at = _parse_expiry(expires)
+    with open_key_store() as (ledger, store):
+        key, token = store.create(
+            tenant, role, expires_at=expires_at, networks=network or (), description=description
+        )
+        _record_key_change(ledger, "api_key.create", key)
+    err.print(
+        f"created key {key.key_id} for tenant {key.tenant} ({', '.join(key.roles)}); "
+        "the token below is not shown again:"
+    )
+    out.print(token, markup=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="Only this tenant.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON Lines.")] = False,
+) -> None:
+    """List keys (ids, tenants, roles, expiry, networks, revocation), never tokens."""
+    with open_key_store() as (_, store):
+        keys = store.list(tenant)
+    now = datetime.now(UTC)
+    for key in keys:
+        if json_output:
+            out.print(orjson.dumps(key.public()).decode(), markup=False)
+            continue
+        state = "revoked" if key.revoked_at else "expired" if key.is_expired(now) else "active"
+        expiry = key.expires_at.isoformat() if key.expires_at else "-"
+        out.print(
+            f"{key.key_id}\t{key.tenant}\t{','.join(key.roles)}\t{state}\t"
+            f"expires {expiry}\t{','.join(key.networks) or 'any network'}\t{key.description}",
+            markup=False,
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (shown by keys list).")],
+) -> None:
+    """Revoke a key; requests with it are refused from now on."""
+    with open_key_store() as (ledger, store):
+        key = store.revoke(key_id)
+        _record_key_change(ledger, "api_key.revoke", key)
+    out.print(f"revoked {key.key_id} ({key.tenant})")

@@ -36,11 +36,42 @@ class Settings(BaseSettings):
     )
     postgres_pool_size: int = Field(default=5, ge=1, le=100)
     postgres_lock_timeout_seconds: int = Field(default=10, ge=0)
+    postgres_connect_timeout_seconds: int = Field(default=5, ge=1)
     max_event_bytes: int = Field(default=32 * 1024, ge=1024)
     max_metadata_bytes: int = Field(default=16 * 1024, ge=256)
     max_metadata_depth: int = Field(default=8, ge=1, le=64)
     max_batch_events: int = Field(default=1000, ge=1, le=10_000)
     max_future_skew_seconds: int = Field(default=300, ge=0)
+    # -- HTTP API (issue 3) -------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address `vigil serve` listens on.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; larger ones get 413 before parsing.",
+    )
+    max_page_size: int = Field(default=1000, ge=1, le=10_000)
+    group_commit_max_events: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Most single-event requests combined into one ledger transaction.",
+    )
+    readmodel_poll_seconds: float = Field(
+        default=0.2, gt=0, description="How often the read model polls for other writers."
+    )
+    readmodel_follow: bool = Field(
+        default=True, description="Run the read-model follower inside the API process."
+    )
+    key_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a verified API key is trusted without reading it again; "
+        "a revocation by another process takes effect within this time.",
+    )
+    log_level: str = Field(default="info")
+    readyz_timeout_seconds: float = Field(default=2.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -65,6 +96,14 @@ class Settings(BaseSettings):
         if len(key) != 32:
             raise ValueError(f"VIGIL_ENCRYPTION_KEY decodes to {len(key)} bytes; AES-256 needs 32")
         return value
+
+    def redacted_database_url(self) -> str:
+        """The database URL with its password masked, for messages and logs."""
+        url = urlsplit(self.database_url)
+        if url.password is None:
+            return self.database_url
+        netloc = url.netloc.replace(f":{url.password}@", ":***@", 1)
+        return url._replace(netloc=netloc).geturl()
 
     def limits(self) -> Limits:
         return Limits(
@@ -95,6 +134,7 @@ class Settings(BaseSettings):
                 "POSTGRES_PASSWORD": unquote(url.password or ""),
                 "POSTGRES_POOL_SIZE": str(self.postgres_pool_size),
                 "POSTGRES_LOCK_TIMEOUT": str(self.postgres_lock_timeout_seconds),
+                "POSTGRES_CONNECT_TIMEOUT": str(self.postgres_connect_timeout_seconds),
             }
             if "schema" in query:
                 env["POSTGRES_SCHEMA"] = query["schema"][0]

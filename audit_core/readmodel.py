@@ -43,9 +43,11 @@ Order = Literal["desc", "asc"]
 
 _COLUMNS = (
     "tenant, seq, event_id, occurred_at, received_at, actor_id, actor_type, action, "
-    "target_type, target_id, outcome, source, search, doc"
+    "action_ns, target_type, target_id, outcome, source, search, doc"
 )
-Row = tuple[str, int, str, str, str, str, str, str, str | None, str | None, str, str, str, bytes]
+Row = tuple[
+    str, int, str, str, str, str, str, str, str, str | None, str | None, str, str, str, bytes
+]
 
 
 class InvalidQueryError(LedgerError):
@@ -70,6 +72,7 @@ def to_row(record: Record) -> Row:
         actor["id"],
         actor.get("type", "user"),
         record["action"],
+        record["action"].split(".", 1)[0],
         target.get("type"),
         target.get("id"),
         record["outcome"],
@@ -140,10 +143,14 @@ def _where(query: TrailQuery) -> tuple[str, list[Any]]:
             params.append(value)
     if query.action is not None:
         if query.action.endswith("*"):
-            # A range, not LIKE, so the (tenant, action, seq) index serves it on both
-            # backends ('/' is the character after '.').
+            # The action's first segment has its own (tenant, action_ns, seq) index,
+            # which serves "newest first" directly however many records match; a
+            # deeper prefix adds a range (not LIKE: the same on both backends).
             prefix = query.action[:-1]
-            if prefix:
+            namespace, dot, rest = prefix.partition(".")
+            clauses.append("action_ns = ?")
+            params.append(namespace)
+            if dot and rest:
                 upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
                 clauses.append("action >= ? AND action < ?")
                 params += [prefix, upper]
@@ -183,7 +190,7 @@ class TrailView(TrackingRecorder):
         """Write rows and the position they reach, atomically."""
         raise NotImplementedError
 
-    def _select(self, statement: str, params: Sequence[Any]) -> list[bytes]:
+    def _select(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
     def query(self, query: TrailQuery) -> Page:
@@ -222,6 +229,7 @@ class TrailView(TrackingRecorder):
 _INDEXES = (
     ("actor", "tenant, actor_id, seq"),
     ("action", "tenant, action, seq"),
+    ("action_ns", "tenant, action_ns, seq"),
     ("target", "tenant, target_type, target_id, seq"),
     ("outcome", "tenant, outcome, seq"),
     ("source", "tenant, source, seq"),
@@ -241,6 +249,7 @@ class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
             "tenant TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL, "
             "occurred_at TEXT NOT NULL, received_at TEXT NOT NULL, "
             "actor_id TEXT NOT NULL, actor_type TEXT NOT NULL, action TEXT NOT NULL, "
+            "action_ns TEXT NOT NULL, "
             "target_type TEXT, target_id TEXT, outcome TEXT NOT NULL, source TEXT NOT NULL, "
             "search TEXT NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (tenant, seq)) WITHOUT ROWID"
         )
@@ -253,14 +262,14 @@ class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
     def project(self, rows: Sequence[Row], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
             c.executemany(
-                f"INSERT INTO {self.table} ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows
+                f"INSERT INTO {self.table} ({_COLUMNS}) VALUES ({','.join('?' * 15)})", rows
             )
             self._insert_tracking(c, tracking)
 
-    def _select(self, statement: str, params: Sequence[Any]) -> list[bytes]:
+    def _select(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(statement, list(params))
-            return [tuple(row) for row in c.fetchall()]  # type: ignore[misc]
+            return [tuple(row) for row in c.fetchall()]
 
 
 class PostgresTrailView(PostgresTrackingRecorder, TrailView):
@@ -280,7 +289,8 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
                 f"tenant {text} NOT NULL, seq bigint NOT NULL, event_id {text} NOT NULL, "
                 f"occurred_at {text} NOT NULL, received_at {text} NOT NULL, "
                 f"actor_id {text} NOT NULL, actor_type {text} NOT NULL, "
-                f"action {text} NOT NULL, target_type {text}, target_id {text}, "
+                f"action {text} NOT NULL, action_ns {text} NOT NULL, "
+                f"target_type {text}, target_id {text}, "
                 f"outcome {text} NOT NULL, source {text} NOT NULL, search text NOT NULL, "
                 "doc bytea NOT NULL, PRIMARY KEY (tenant, seq))"
             ).format(schema=schema, table=table)
@@ -312,15 +322,15 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     def project(self, rows: Sequence[Row], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
             with curs.copy(self._copy) as copy:
-                copy.set_types(["text", "int8", *["text"] * 11, "bytea"])
+                copy.set_types(["text", "int8", *["text"] * 12, "bytea"])
                 for row in rows:
                     copy.write_row(row)
             self._insert_tracking(curs, tracking)
 
-    def _select(self, statement: str, params: Sequence[Any]) -> list[bytes]:
+    def _select(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement.replace("?", "%s"), list(params), prepare=True)  # type: ignore[arg-type]
-            return [tuple(row.values()) for row in curs.fetchall()]  # type: ignore[misc]
+            curs.execute(statement.replace("?", "%s"), list(params), prepare=True)
+            return [tuple(row.values()) for row in curs.fetchall()]
 
 
 class TrailProjection(Projection[TrailView]):
@@ -331,7 +341,7 @@ class TrailProjection(Projection[TrailView]):
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         if isinstance(domain_event, TenantLog.Recorded):
-            record = {**domain_event.record, "hash": domain_event.hash}  # type: ignore[attr-defined]
+            record = {**domain_event.record, "hash": domain_event.hash}
             self.view.project([to_row(record)], tracking)
         else:
             self.view.insert_tracking(tracking)
@@ -350,7 +360,7 @@ def open_view(env: dict[str, str]) -> TrailView:
     if view_class is None:
         raise TypeError(f"the read model needs SQLite or PostgreSQL, not {module!r}")
     factory = InfrastructureFactory.construct(Environment(TrailProjection.name, env))
-    view = factory.tracking_recorder(view_class)  # type: ignore[arg-type]
+    view = factory.tracking_recorder(view_class)
     assert isinstance(view, TrailView)
     view.factory = factory  # type: ignore[attr-defined]  # kept alive and closed with the view
     return view
@@ -398,7 +408,7 @@ class ReadModelFollower:
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=5)
 
     def nudge(self) -> None:
         self._wake.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from audit_core.application import Ledger
 from audit_core.canonical import GENESIS_HASH, record_hash
@@ -50,6 +51,19 @@ class TenantReport:
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON, as the CLI and the API print it."""
+        problem = self.problem
+        return {
+            "tenant": self.tenant,
+            "ok": self.ok,
+            "records": self.records,
+            "head_hash": self.head_hash,
+            "first_bad_seq": problem.seq if problem else None,
+            "reason": problem.reason.value if problem else None,
+            "detail": problem.detail if problem else None,
+        }
 
 
 Progress = Callable[[int], None]

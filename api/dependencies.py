@@ -1,0 +1,109 @@
+"""``Annotated`` dependencies: settings, services, and the calling API key (401/403)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.keys import ApiKey, Permission
+from api.services import Services
+from api.settings import Settings, get_settings
+from audit_core.schema import TENANT_PATTERN
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key made with `vigil keys create`.")
+
+
+def client_ip(request: Request) -> str | None:
+    """The peer's address, or None when it is not an IP address (a test client, a socket)."""
+    host = request.client.host if request.client else None
+    try:
+        return str(ipaddress.ip_address(host)) if host else None
+    except ValueError:
+        return None
+
+
+def _unauthorized(services: Services, detail: str) -> HTTPException:
+    services.metrics.auth_failures.labels("401").inc()
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def forbidden(services: Services, detail: str) -> HTTPException:
+    services.metrics.auth_failures.labels("403").inc()
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail)
+
+
+async def current_key(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    """The valid key the request carries: 401 without one, 403 from a network it excludes."""
+    if credentials is None:
+        raise _unauthorized(services, "an API key is required (Authorization: Bearer <key>)")
+    key = await services.authenticate(credentials.credentials)
+    if key is None:
+        raise _unauthorized(services, "the API key is not valid")
+    if key.revoked_at is not None:
+        raise _unauthorized(services, f"API key {key.key_id} has been revoked")
+    if key.is_expired():
+        raise _unauthorized(services, f"API key {key.key_id} has expired")
+    if not key.allows_address(client_ip(request)):
+        raise forbidden(services, f"API key {key.key_id} may not be used from {client_ip(request)}")
+    request.state.key_id = key.key_id
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def requires(permission: Permission) -> Callable[..., Awaitable[ApiKey]]:
+    async def check(key: CurrentKey, services: ServicesDep) -> ApiKey:
+        if not key.can(permission):
+            roles = ", ".join(key.roles)
+            raise forbidden(
+                services,
+                f"API key {key.key_id} ({roles}) may not {permission.value.replace('_', ' ')}",
+            )
+        return key
+
+    return check
+
+
+IngestKey = Annotated[ApiKey, Depends(requires(Permission.INGEST))]
+QueryKey = Annotated[ApiKey, Depends(requires(Permission.QUERY))]
+ExportKey = Annotated[ApiKey, Depends(requires(Permission.EXPORT))]
+VerifyKey = Annotated[ApiKey, Depends(requires(Permission.VERIFY))]
+AdminKey = Annotated[ApiKey, Depends(requires(Permission.MANAGE_KEYS))]
+
+TenantParam = Annotated[
+    str | None,
+    Query(
+        pattern=TENANT_PATTERN,
+        description="Tenant to act on; only admin keys may name another tenant than their own.",
+    ),
+]
+
+
+def tenant_of(key: ApiKey, tenant: str | None, services: Services) -> str:
+    """The tenant a request acts on: the key's own, unless an admin names another."""
+    if tenant is None or tenant == key.tenant:
+        return key.tenant
+    if not key.can_access(tenant):
+        raise forbidden(services, f"API key {key.key_id} may not act on tenant {tenant!r}")
+    return tenant

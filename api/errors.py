@@ -1,0 +1,100 @@
+"""Domain errors mapped to HTTP: the only place that knows both sides.
+
+Bodies are ``{"detail": str, "problems": [{"index", "field", "message"}]}``; ``problems``
+names every event and field at fault, so a client can fix a whole batch at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from eventsourcing.persistence import PersistenceError
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from api.keys import ApiKeyNotFoundError, InvalidKeySpecError
+from audit_core import (
+    DuplicateEventIdError,
+    EventNotFoundError,
+    InvalidEventError,
+    LedgerBusyError,
+    TenantNotFoundError,
+)
+from audit_core.readmodel import InvalidQueryError
+
+
+def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> Response:
+    body: dict[str, Any] = {"detail": detail}
+    if problems is not None:
+        body["problems"] = problems
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def _field(name: str) -> str:
+    return name or "event"
+
+
+async def _invalid_event(request: Request, error: Exception) -> Response:
+    assert isinstance(error, InvalidEventError)
+    _count(request, "invalid")
+    return problem(
+        422,
+        f"nothing was recorded: {error}",
+        [
+            {"index": p.index, "field": _field(p.field), "message": p.message}
+            for p in error.problems
+        ],
+    )
+
+
+async def _duplicate(request: Request, error: Exception) -> Response:
+    assert isinstance(error, DuplicateEventIdError)
+    _count(request, "duplicate_id")
+    return problem(
+        409,
+        f"nothing was recorded: {error}",
+        [{"index": error.index, "field": "id", "message": str(error)}],
+    )
+
+
+async def _not_found(request: Request, error: Exception) -> Response:
+    return problem(404, str(error))
+
+
+async def _busy(request: Request, error: Exception) -> Response:
+    _count(request, "busy")
+    return problem(503, str(error))
+
+
+async def _storage(request: Request, error: Exception) -> Response:
+    _count(request, "storage")
+    return problem(503, f"storage unavailable, nothing was recorded: {type(error).__name__}")
+
+
+async def _bad_query(request: Request, error: Exception) -> Response:
+    assert isinstance(error, InvalidQueryError)
+    return problem(422, str(error), [{"index": 0, "field": error.field, "message": str(error)}])
+
+
+async def _bad_key_spec(request: Request, error: Exception) -> Response:
+    assert isinstance(error, InvalidKeySpecError)
+    return problem(422, str(error), [{"index": 0, "field": error.field, "message": str(error)}])
+
+
+def _count(request: Request, reason: str) -> None:
+    if request.method == "POST" and request.url.path == "/v1/events":
+        request.app.state.services.metrics.ingest_errors.labels(reason).inc()
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(InvalidEventError, _invalid_event)
+    app.add_exception_handler(DuplicateEventIdError, _duplicate)
+    app.add_exception_handler(EventNotFoundError, _not_found)
+    app.add_exception_handler(TenantNotFoundError, _not_found)
+    app.add_exception_handler(ApiKeyNotFoundError, _not_found)
+    app.add_exception_handler(LedgerBusyError, _busy)
+    app.add_exception_handler(PersistenceError, _storage)
+    app.add_exception_handler(InvalidQueryError, _bad_query)
+    app.add_exception_handler(InvalidKeySpecError, _bad_key_spec)

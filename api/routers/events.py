@@ -1,0 +1,352 @@
+"""``/v1/events``: record events, query and export the trail, read one record."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.dependencies import (
+    ExportKey,
+    IngestKey,
+    QueryKey,
+    ServicesDep,
+    TenantParam,
+    client_ip,
+    tenant_of,
+)
+from api.keys import ApiKey
+from api.schemas import ERRORS, AuditRecord, ErrorBody, RecordBatch, RecordPage
+from api.services import Services
+from audit_core.exceptions import FieldProblem, InvalidEventError
+from audit_core.readmodel import InvalidQueryError, TrailQuery, decode_cursor
+from audit_core.schema import (
+    ACTION_PATTERN,
+    Outcome,
+    Source,
+    format_timestamp,
+    normalise_batch,
+)
+
+router = APIRouter(prefix="/v1/events", tags=["events"], responses=ERRORS)
+
+_JSON = "application/json"
+
+
+def _json(body: bytes, status_code: int = 200) -> Response:
+    return Response(body, status_code, media_type=_JSON)
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+_INGEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            _JSON: {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/AuditEventIn"},
+                        {"type": "array", "items": {"$ref": "#/components/schemas/AuditEventIn"}},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AuditRecord | RecordBatch,
+    openapi_extra=_INGEST_BODY,
+    responses={
+        200: {"description": "Every event was already recorded (an idempotent retry)."},
+        409: {"model": ErrorBody, "description": "An event id is reused with other content."},
+        413: {"model": ErrorBody, "description": "The body exceeds VIGIL_MAX_BODY_BYTES."},
+        422: {"model": ErrorBody, "description": "Events refused; nothing was recorded."},
+        503: {"model": ErrorBody, "description": "Storage busy or down; retry."},
+    },
+)
+async def record_events(
+    request: Request, key: IngestKey, services: ServicesDep, tenant: TenantParam = None
+) -> Response:
+    """Record one event (a JSON object) or an atomic batch (a JSON array).
+
+    A single event answers with its record; a batch with ``{"records": [...]}`` in input
+    order. Each record carries ``seq``, ``prev_hash`` and ``hash``. Resending an event
+    with the same ``id`` and content returns the original record (status 200).
+    """
+    tenant = tenant_of(key, tenant, services)
+    started = format_timestamp(datetime.now(UTC))
+    body = await request.body()
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        services.metrics.ingest_errors.labels("invalid").inc()
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            f"body: not valid JSON ({error})",
+        ) from None
+    limits = services.ledger.limits
+    if isinstance(payload, dict):
+        # Checked alone first, so a bad event fails its own request and not its group.
+        normalise_batch([payload], tenant, datetime.now(UTC), limits)
+        record = await services.record_one(tenant, payload)
+        services.metrics.ingested.labels("single").inc()
+        replay = record["received_at"] < started
+        return _json(orjson.dumps(record), 200 if replay else 201)
+    if isinstance(payload, list):
+        if len(payload) > limits.max_batch_events:
+            raise InvalidEventError(
+                [
+                    FieldProblem(
+                        0,
+                        "body",
+                        f"batch of {len(payload)} events exceeds the limit of "
+                        f"{limits.max_batch_events} (VIGIL_MAX_BATCH_EVENTS)",
+                    )
+                ]
+            )
+        records = await services.record_batch(tenant, payload)
+        services.metrics.ingested.labels("batch").inc(len(records))
+        replay = all(r["received_at"] < started for r in records)
+        return _json(orjson.dumps({"records": records}), 200 if replay else 201)
+    raise InvalidEventError(
+        [FieldProblem(0, "body", "must be an event (JSON object) or a batch (JSON array)")]
+    )
+
+
+def _timestamp(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.upper())
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidQueryError(
+            name, f"{value!r} is not an RFC 3339 timestamp with offset (e.g. 2026-11-23T10:15:00Z)"
+        )
+    return format_timestamp(moment)
+
+
+def trail_filters(
+    actor_id: Annotated[str | None, Query(max_length=256)] = None,
+    action: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="Exact action, or a prefix ending in `.*` (e.g. `conversation.*`).",
+        ),
+    ] = None,
+    target_type: Annotated[str | None, Query(max_length=64)] = None,
+    target_id: Annotated[str | None, Query(max_length=256)] = None,
+    outcome: Outcome | None = None,
+    source: Source | None = None,
+    since: Annotated[
+        str | None, Query(description="occurred_at at or after this RFC 3339 instant.")
+    ] = None,
+    until: Annotated[str | None, Query(description="occurred_at before this instant.")] = None,
+    q: Annotated[
+        str | None,
+        Query(min_length=1, max_length=256, description="Text found anywhere in metadata."),
+    ] = None,
+    order: Literal["desc", "asc"] = "desc",
+) -> TrailQuery:
+    if action is not None and not action.endswith(".*") and not re.match(ACTION_PATTERN, action):
+        raise InvalidQueryError("action", f"{action!r} is not a dotted action or prefix.*")
+    since_ts, until_ts = _timestamp("since", since), _timestamp("until", until)
+    if since_ts and until_ts and since_ts >= until_ts:
+        raise InvalidQueryError("until", "must be later than since")
+    return TrailQuery(
+        tenant="",
+        actor_id=actor_id,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        outcome=outcome,
+        source=source,
+        since=since_ts,
+        until=until_ts,
+        text=q,
+        order=order,
+    )
+
+
+Filters = Annotated[TrailQuery, Depends(trail_filters)]
+
+
+async def _audit_read(
+    services: Services,
+    request: Request,
+    key: ApiKey,
+    tenant: str,
+    action: str,
+    target: dict[str, Any],
+    metadata: dict[str, Any],
+) -> None:
+    await services.audit(
+        key,
+        tenant,
+        action,
+        target=target,
+        metadata=metadata,
+        ip=client_ip(request),
+        user_agent=request.headers.get("user-agent"),
+        request_id=_request_id(request),
+    )
+
+
+@router.get("", response_model=RecordPage)
+async def query_events(
+    request: Request,
+    key: QueryKey,
+    services: ServicesDep,
+    filters: Filters,
+    tenant: TenantParam = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Query the trail, newest first unless ``order=asc``; page with ``next_cursor``.
+
+    Every query is itself recorded in the tenant's log as ``audit.query``.
+    """
+    tenant = tenant_of(key, tenant, services)
+    limit = min(limit, services.settings.max_page_size)
+    after = decode_cursor(cursor, filters.order) if cursor else None
+    query = replace(filters, tenant=tenant, limit=limit, after_seq=after)
+    page = await run_in_threadpool(services.view.query, query)
+    await _audit_read(
+        services,
+        request,
+        key,
+        tenant,
+        "audit.query",
+        {"type": "audit_trail", "id": tenant},
+        {"filters": query.filters(), "returned": len(page.raw), "cursor": cursor},
+    )
+    body = (
+        b'{"items":['
+        + b",".join(page.raw)
+        + b'],"next_cursor":'
+        + orjson.dumps(page.next_cursor)
+        + b"}"
+    )
+    return _json(body)
+
+
+CSV_COLUMNS = (
+    "tenant", "seq", "id", "occurred_at", "received_at", "actor_id", "actor_type",
+    "actor_ip", "actor_user_agent", "actor_session_id", "action", "target_type", "target_id",
+    "target_name", "outcome", "source", "request_id", "metadata", "changes", "prev_hash", "hash",
+)  # fmt: skip
+
+
+def _csv_row(record: dict[str, Any]) -> list[Any]:
+    actor = record["actor"]
+    target = record.get("target") or {}
+    return [
+        record["tenant"], record["seq"], record["id"], record["occurred_at"],
+        record["received_at"], actor["id"], actor.get("type"), actor.get("ip"),
+        actor.get("user_agent"), actor.get("session_id"), record["action"],
+        target.get("type"), target.get("id"), target.get("name"), record["outcome"],
+        record["source"], record.get("request_id"),
+        orjson.dumps(record.get("metadata", {}), option=orjson.OPT_SORT_KEYS).decode(),
+        orjson.dumps(record.get("changes", {}), option=orjson.OPT_SORT_KEYS).decode(),
+        record["prev_hash"], record["hash"],
+    ]  # fmt: skip
+
+
+def _csv(records: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for count, record in enumerate(records, start=1):
+        writer.writerow(_csv_row(record))
+        if count % 500 == 0:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+def _jsonl(records: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    for record in records:
+        yield orjson.dumps(record) + b"\n"
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+)
+async def export_events(
+    request: Request,
+    key: ExportKey,
+    services: ServicesDep,
+    filters: Filters,
+    tenant: TenantParam = None,
+    format: Literal["csv", "jsonl"] = "jsonl",
+) -> StreamingResponse:
+    """Every record matching the filters, streamed as CSV or JSON Lines.
+
+    JSON Lines holds each record exactly as stored (with ``prev_hash`` and ``hash``),
+    so it can be verified offline. The export is recorded as ``audit.export`` first.
+    """
+    tenant = tenant_of(key, tenant, services)
+    query = replace(filters, tenant=tenant)
+    await _audit_read(
+        services,
+        request,
+        key,
+        tenant,
+        "audit.export",
+        {"type": "audit_trail", "id": tenant},
+        {"filters": query.filters(), "format": format},
+    )
+    records = services.view.iter_query(query)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    headers = {"Content-Disposition": f'attachment; filename="vigil-{tenant}-{stamp}.{format}"'}
+    if format == "csv":
+        return StreamingResponse(_csv(records), media_type="text/csv", headers=headers)
+    return StreamingResponse(_jsonl(records), media_type="application/x-ndjson", headers=headers)
+
+
+@router.get(
+    "/{event_id}",
+    response_model=AuditRecord,
+    responses={404: {"model": ErrorBody, "description": "No event with that id."}},
+)
+async def get_event(
+    request: Request,
+    event_id: str,
+    key: QueryKey,
+    services: ServicesDep,
+    tenant: TenantParam = None,
+) -> Response:
+    """One record by its event id, with ``seq``, ``prev_hash`` and ``hash``."""
+    tenant = tenant_of(key, tenant, services)
+    record = await run_in_threadpool(services.ledger.get, tenant, event_id)
+    await _audit_read(
+        services,
+        request,
+        key,
+        tenant,
+        "audit.read",
+        {"type": "audit_event", "id": event_id[:256]},
+        {"seq": record["seq"]},
+    )
+    return _json(orjson.dumps(record))

@@ -1,0 +1,135 @@
+"""The composition root: builds the ledger, read model, key store and group committer.
+
+Also the one helper that records the API's own actions (queries, exports, key changes)
+as audit events, so that the auditors are audited.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from api.group_commit import GroupCommitter
+from api.keys import ApiKey, KeyStore
+from api.metrics import Metrics
+from api.settings import Settings
+from audit_core import Ledger, Record
+from audit_core.readmodel import ReadModelFollower, TrailView, close_view, open_view
+from audit_core.schema import format_timestamp
+
+
+@dataclass
+class Services:
+    settings: Settings
+    ledger: Ledger
+    view: TrailView
+    keys: KeyStore
+    committer: GroupCommitter
+    metrics: Metrics
+    follower: ReadModelFollower
+    _key_cache: dict[str, tuple[float, ApiKey | None]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.follower.stop()
+        self.keys.close()
+        close_view(self.view)
+        self.ledger.close()
+
+    # -- keys -------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> ApiKey | None:
+        ttl = self.settings.key_cache_seconds
+        if ttl > 0:
+            cached = self._key_cache.get(token)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+        key = await run_in_threadpool(self.keys.authenticate, token)
+        if ttl > 0:
+            if len(self._key_cache) > 10_000:
+                self._key_cache.clear()
+            self._key_cache[token] = (time.monotonic() + ttl, key)
+        return key
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a key from this process's cache (after a revocation)."""
+        for token in [t for t, (_, k) in self._key_cache.items() if k and k.key_id == key_id]:
+            del self._key_cache[token]
+
+    # -- recording --------------------------------------------------------------------
+
+    async def record_one(self, tenant: str, event: Mapping[str, Any]) -> Record:
+        record = await self.committer.record(tenant, event)
+        self.follower.nudge()
+        return record
+
+    async def record_batch(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        records = await self.committer.record_batch(tenant, events)
+        self.follower.nudge()
+        return records
+
+    async def audit(
+        self,
+        key: ApiKey,
+        tenant: str,
+        action: str,
+        *,
+        target: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        request_id: str | None = None,
+        outcome: str = "success",
+    ) -> Record:
+        """Record an action taken through the API, with the key as its actor."""
+        actor: dict[str, Any] = {"id": key.key_id, "type": "api_key"}
+        if ip is not None:
+            actor["ip"] = ip
+        if user_agent:
+            actor["user_agent"] = user_agent[:1024]
+        event: dict[str, Any] = {
+            "occurred_at": _now(),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "outcome": outcome,
+            "source": "api",
+            "metadata": metadata or {},
+        }
+        if request_id:
+            event["request_id"] = request_id[:256]
+        return await self.record_one(tenant, event)
+
+
+def _now() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+def build_services(settings: Settings) -> Services:
+    env = settings.ledger_env()
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
+        # Fail fast when the server is unreachable, rather than after the library's
+        # default waits: readiness and requests answer 503 within seconds.
+        env.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
+    ledger = Ledger(env, settings.limits())
+    try:
+        view = open_view(env)
+        keys = KeyStore(env)
+    except BaseException:
+        ledger.close()
+        raise
+    metrics = Metrics()
+    committer = GroupCommitter(
+        ledger,
+        min(settings.group_commit_max_events, settings.max_batch_events),
+        on_commit=metrics.group_size.observe,
+    )
+    follower = ReadModelFollower(ledger, view, poll_interval=settings.readmodel_poll_seconds)
+    metrics.watch_lag(follower.lag)
+    if settings.readmodel_follow:
+        follower.start()
+    return Services(settings, ledger, view, keys, committer, metrics, follower)

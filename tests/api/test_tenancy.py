@@ -1,0 +1,85 @@
+"""No request can read or write another tenant's events, whatever the endpoint."""
+
+from __future__ import annotations
+
+from fastapi.routing import APIRoute
+
+from tests.api.conftest import Api
+from tests.events import audit_event
+
+
+def test_no_endpoint_reaches_across_tenants(api: Api) -> None:
+    globex_events = [audit_event("g-1", metadata={"secret": "globex-only"})]
+    api.client.post("/v1/events", json=globex_events, headers=api.headers("globex", "ingest"))
+    api.client.post("/v1/events", json=[audit_event("a-1")], headers=api.headers("acme", "ingest"))
+    api.catch_up()
+    globex_before = api.trail("globex")
+    every_role = {r: api.headers("acme", r) for r in ("ingest", "analyst", "responder", "auditor")}
+    covered: set[tuple[str, str]] = set()
+
+    def call(method: str, route: str, url: str, headers: dict[str, str], **kw: object) -> int:
+        covered.add((method, route))
+        response = api.client.request(method, url, headers=headers, **kw)  # type: ignore[arg-type]
+        assert "globex-only" not in response.text
+        assert globex_before[0]["hash"] not in response.text
+        return response.status_code
+
+    for role, headers in every_role.items():
+        # Naming the other tenant is refused outright.
+        assert (
+            call("POST", "/v1/events", "/v1/events?tenant=globex", headers, json=audit_event("x"))
+            == 403
+        ), role
+        assert call("GET", "/v1/events", "/v1/events?tenant=globex", headers) == 403
+        assert call("GET", "/v1/events/export", "/v1/events/export?tenant=globex", headers) == 403
+        assert call("GET", "/v1/events/{event_id}", "/v1/events/g-1?tenant=globex", headers) == 403
+        assert call("GET", "/v1/verify", "/v1/verify?tenant=globex", headers) == 403
+        assert call("GET", "/v1/keys", "/v1/keys?tenant=globex", headers) == 403
+        assert (
+            call(
+                "POST",
+                "/v1/keys",
+                "/v1/keys",
+                headers,
+                json={"tenant": "globex", "roles": ["admin"]},
+            )
+            == 403
+        )
+        globex_key = api.services.keys.list("globex")
+        if globex_key:
+            assert (
+                call("DELETE", "/v1/keys/{key_id}", f"/v1/keys/{globex_key[0].key_id}", headers)
+                == 403
+            )
+        # Within its own tenant, the other tenant's data is simply not there.
+        call("GET", "/v1/events", "/v1/events", headers)
+        call("GET", "/v1/events/export", "/v1/events/export", headers)
+        assert call("GET", "/v1/events/{event_id}", "/v1/events/g-1", headers) in (403, 404)
+        call("GET", "/v1/verify", "/v1/verify", headers)
+        # A tenant named inside the event is refused, not obeyed.
+        assert call(
+            "POST", "/v1/events", "/v1/events", headers, json=audit_event("x", tenant="globex")
+        ) in (403, 422)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        call("GET", path, path, {})
+
+    routes = {
+        (method, route.path)
+        for route in api.client.app.routes  # type: ignore[attr-defined]
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+    assert routes <= covered, f"endpoints not tried across tenants: {routes - covered}"
+    assert api.trail("globex") == globex_before
+    assert all(r["tenant"] == "acme" for r in api.trail("acme"))
+
+
+def test_an_admin_may_name_any_tenant(api: Api) -> None:
+    api.client.post(
+        "/v1/events", json=[audit_event("g-1")], headers=api.headers("globex", "ingest")
+    )
+    api.catch_up()
+    admin = api.headers("ops", "admin")
+    response = api.client.get("/v1/events/g-1", params={"tenant": "globex"}, headers=admin)
+    assert response.status_code == 200
+    assert response.json()["tenant"] == "globex"
