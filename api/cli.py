@@ -48,7 +48,7 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 TenantOption = Annotated[
-    str, typer.Option("--tenant", "-t", help=f"Tenant whose log to use ({TENANT_PATTERN}).")
+    str, typer.Option("--tenant", "-t", help=f"Tenant whose log to use ({escape(TENANT_PATTERN)}).")
 ]
 
 
