@@ -7,14 +7,17 @@ Exit codes: 0 done, 1 a chain failed verification, 2 bad input or usage,
 from __future__ import annotations
 
 import base64
+import getpass
 import multiprocessing
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -36,7 +39,7 @@ from audit_core import (
     TenantNotFoundError,
     verify_tenant,
 )
-from audit_core.schema import TENANT_PATTERN, normalise_batch
+from audit_core.schema import TENANT_PATTERN, format_timestamp, normalise_batch
 
 app = typer.Typer(
     name="vigil",
@@ -57,16 +60,21 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-@contextmanager
-def open_ledger() -> Iterator[Ledger]:
-    """Build the ledger from ``VIGIL_*`` settings; turn its errors into exit codes."""
+def load_settings() -> Settings:
+    """``VIGIL_*`` settings, or exit 2 naming every variable at fault."""
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as error:
         problems = "; ".join(
             f"VIGIL_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
         )
         fail(f"bad configuration: {problems}", 2)
+
+
+@contextmanager
+def open_ledger(settings: Settings | None = None) -> Iterator[Ledger]:
+    """Build the ledger from ``VIGIL_*`` settings; turn its errors into exit codes."""
+    settings = settings or load_settings()
     try:
         ledger = Ledger(settings.ledger_env(), settings.limits())
     except OSError as error:
@@ -306,10 +314,7 @@ def serve(
 
     from api.app import configure_logging
 
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        fail(f"bad configuration: {error}", 2)
+    settings = load_settings()
     configure_logging(settings.log_level)
     follower = None
     if settings.readmodel_follow:
@@ -340,12 +345,9 @@ def follow_forever(parent_pid: int | None = None) -> None:
     """Keep the query read model up to date until SIGTERM or SIGINT (or, when started by
     `vigil serve`, until that process is gone: uvicorn re-raises the signal that stopped
     it, so its own clean-up may never run)."""
-    import signal
-    import threading
-
     from audit_core.readmodel import ReadModelFollower, close_view, open_view
 
-    settings = Settings()
+    settings = load_settings()
     env = settings.ledger_env()
     ledger = Ledger(env, settings.limits())
     view = open_view(env)
@@ -375,8 +377,6 @@ app.add_typer(keys_app, name="keys")
 
 
 def _cli_actor() -> dict[str, Any]:
-    import getpass
-
     try:
         user = getpass.getuser()
     except (OSError, KeyError):
@@ -385,8 +385,6 @@ def _cli_actor() -> dict[str, Any]:
 
 
 def _record_key_change(ledger: Ledger, action: str, key: Any) -> None:
-    from audit_core.schema import format_timestamp
-
     ledger.record(
         key.tenant,
         [
@@ -397,11 +395,7 @@ def _record_key_change(ledger: Ledger, action: str, key: Any) -> None:
                 "target": {"type": "api_key", "id": key.key_id},
                 "outcome": "success",
                 "source": "system",
-                "metadata": {
-                    "roles": [role.value for role in key.roles],
-                    "expires_at": key.public()["expires_at"],
-                    "networks": list(key.networks),
-                },
+                "metadata": key.audit_metadata(),
             }
         ],
     )
@@ -411,8 +405,9 @@ def _record_key_change(ledger: Ledger, action: str, key: Any) -> None:
 def open_key_store() -> Iterator[tuple[Ledger, Any]]:
     from api.keys import ApiKeyError, KeyStore
 
-    with open_ledger() as ledger:
-        store = KeyStore(Settings().ledger_env())
+    settings = load_settings()
+    with open_ledger(settings) as ledger:
+        store = KeyStore(settings.ledger_env())
         try:
             yield ledger, store
         except ApiKeyError as error:
@@ -424,8 +419,6 @@ def open_key_store() -> Iterator[tuple[Ledger, Any]]:
 def _parse_expiry(expires: str | None) -> datetime | None:
     if expires is None:
         return None
-    from datetime import timedelta
-
     units = {"m": 60, "h": 3600, "d": 86400}
     if expires[:-1].isdigit() and expires[-1] in units:
         return datetime.now(UTC) + timedelta(seconds=int(expires[:-1]) * units[expires[-1]])

@@ -129,6 +129,15 @@ class ApiKey:
             return False
         return any(client in ipaddress.ip_network(net) for net in self.networks)
 
+    def audit_metadata(self) -> dict[str, Any]:
+        """What a key change records in the ledger about the key."""
+        return {
+            "roles": [role.value for role in self.roles],
+            "tenant": self.tenant,
+            "expires_at": _iso(self.expires_at),
+            "networks": list(self.networks),
+        }
+
     def public(self) -> dict[str, Any]:
         """Everything about the key except its hash."""
         return {

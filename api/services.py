@@ -110,11 +110,9 @@ def _now() -> str:
 
 
 def build_services(settings: Settings) -> Services:
+    # VIGIL_POSTGRES_CONNECT_TIMEOUT_SECONDS (5 s) keeps readiness and requests
+    # answering 503 within seconds when the server is unreachable.
     env = settings.ledger_env()
-    if env["PERSISTENCE_MODULE"] == "eventsourcing.postgres":
-        # Fail fast when the server is unreachable, rather than after the library's
-        # default waits: readiness and requests answer 503 within seconds.
-        env.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
     ledger = Ledger(env, settings.limits())
     try:
         view = open_view(env)

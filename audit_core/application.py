@@ -308,8 +308,6 @@ class Ledger(Application[UUID]):
         """Records at ``seqs``, read as a few contiguous ranges rather than one by one."""
         wanted = sorted(set(seqs))
         records: dict[int, Record] = {}
-        if not wanted:
-            return records
         start = 0
         while start < len(wanted):
             end = start

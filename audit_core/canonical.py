@@ -47,9 +47,9 @@ def _holds_astral_key(value: Any) -> bool:
 
 def canonical_bytes(value: Any) -> bytes:
     """RFC 8785 canonical JSON of ``value``."""
-    encoded = orjson.dumps(value, option=_SORTED)
     if type(value) is float or (type(value) in (dict, list) and _holds_float(value)):
         return bytes(rfc8785.dumps(value))
+    encoded = orjson.dumps(value, option=_SORTED)
     # An all-ASCII encoding has only ASCII keys, so no key can sort differently.
     if not encoded.isascii() and _holds_astral_key(value):
         return bytes(rfc8785.dumps(value))

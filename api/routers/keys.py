@@ -18,18 +18,12 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERRORS)
 async def _audit(
     services: Services, request: Request, admin: ApiKey, changed: ApiKey, action: str
 ) -> None:
-    metadata: dict[str, Any] = {
-        "roles": [role.value for role in changed.roles],
-        "tenant": changed.tenant,
-        "expires_at": changed.public()["expires_at"],
-        "networks": list(changed.networks),
-    }
     await services.audit(
         admin,
         changed.tenant,
         action,
         target={"type": "api_key", "id": changed.key_id},
-        metadata=metadata,
+        metadata=changed.audit_metadata(),
         ip=client_ip(request),
         user_agent=request.headers.get("user-agent"),
         request_id=getattr(request.state, "request_id", None),
