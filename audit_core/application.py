@@ -33,7 +33,7 @@ from audit_core.persistence import (
     PostgresLedgerRecorder,
     SQLiteLedgerRecorder,
 )
-from audit_core.schema import Limits, check_tenant, normalise_batch
+from audit_core.schema import Limits, NormalisedBatch, check_tenant, normalise_events
 
 Record = dict[str, Any]
 
@@ -45,17 +45,21 @@ def _same_content(original: Record, content: dict[str, Any]) -> bool:
 def _append(
     log: TenantLog,
     keys: list[bytes],
-    contents: list[dict[str, Any]],
+    batch: NormalisedBatch,
     known: dict[bytes, int],
     originals: dict[int, Record],
 ) -> tuple[list[Record], list[tuple[UUID, IndexedId]]]:
     """Append the contents whose keys are not ``known``; the batch's records in order,
     and the id index rows of the new ones."""
-    appended = iter(
-        log.append(
-            [c for k, c in zip(keys, contents, strict=True) if k not in known], datetime.now(UTC)
+    if known:
+        fresh = [index for index, key in enumerate(keys) if key not in known]
+        contents = [batch.contents[index] for index in fresh]
+        with_floats = frozenset(
+            position for position, index in enumerate(fresh) if index in batch.with_floats
         )
-    )
+    else:
+        contents, with_floats = batch.contents, batch.with_floats
+    appended = iter(log.append(contents, datetime.now(UTC), with_floats))
     results: list[Record] = []
     indexed: list[tuple[UUID, IndexedId]] = []
     for key in keys:
@@ -146,7 +150,8 @@ class Ledger(Application[UUID]):
         An event whose ``id`` is already recorded with the same content returns the
         original record; with other content the whole batch is refused.
         """
-        contents, keys = self._prepare(tenant, events)
+        batch, keys = self._prepare(tenant, events)
+        contents = batch.contents
         log_id = tenant_log_id(tenant)
         # The first attempt assumes the ids are new and lets the id index's primary
         # key say otherwise: a retried batch costs one refused insert, and every
@@ -166,7 +171,7 @@ class Ledger(Application[UUID]):
                             f"is already recorded at seq {known[key]} with different content",
                         )
             log = self._load_or_open(tenant, fresh=attempt > 1)
-            results, indexed = _append(log, keys, contents, known, originals)
+            results, indexed = _append(log, keys, batch, known, originals)
             if not indexed:
                 return results
             try:
@@ -181,9 +186,10 @@ class Ledger(Application[UUID]):
 
     def _prepare(
         self, tenant: str, events: Sequence[Mapping[str, Any]]
-    ) -> tuple[list[dict[str, Any]], list[bytes]]:
+    ) -> tuple[NormalisedBatch, list[bytes]]:
         """Validated contents of a batch and their id keys; refuses an id used twice."""
-        contents = normalise_batch(events, tenant, datetime.now(UTC), self.limits)
+        batch = normalise_events(events, tenant, datetime.now(UTC), self.limits)
+        contents = batch.contents
         keys = [self._id_key(content["id"]) for content in contents]
         first_index: dict[bytes, int] = {}
         for index, (key, content) in enumerate(zip(keys, contents, strict=True)):
@@ -192,7 +198,7 @@ class Ledger(Application[UUID]):
                     tenant, content["id"], index, f"repeats event {first_index[key]} of this batch"
                 )
             first_index[key] = index
-        return contents, keys
+        return batch, keys
 
     def _load_or_open(self, tenant: str, *, fresh: bool) -> TenantLog:
         """The tenant's log: as this process last saved it, or ``fresh`` from storage.
@@ -239,7 +245,7 @@ class Ledger(Application[UUID]):
                 self.snapshots.put([TenantLog.Snapshot.take(aggregate)])
 
     def _id_key(self, event_id: str) -> bytes:
-        return hmac.new(self._id_secret, event_id.encode(), hashlib.sha256).digest()
+        return hmac.digest(self._id_secret, event_id.encode(), "sha256")
 
     # -- queries ----------------------------------------------------------------------
 

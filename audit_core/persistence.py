@@ -16,7 +16,10 @@ that recording and verifying do not pay for the generic transcoder.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -33,9 +36,9 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from eventsourcing.utils import get_topic, retry
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg.sql import SQL, Identifier
 
-from audit_core.domain import TenantLog
+from audit_core.domain import RECORD_JSON, TenantLog
 
 
 class IndexedId(NamedTuple):
@@ -50,17 +53,22 @@ OPENED_TOPIC = get_topic(TenantLog.Opened)
 
 
 class LedgerMapper(Mapper[UUID]):
-    """Maps ``Recorded`` events to orjson bytes; every other event the library's way."""
+    """Maps ``Recorded`` events to plain JSON; every other event the library's way."""
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         if not isinstance(domain_event, TenantLog.Recorded):
             return super().to_stored_event(domain_event)
-        state = orjson.dumps(
-            {
-                "timestamp": domain_event.timestamp,
-                "record": domain_event.record,
-                "hash": domain_event.hash,
-            }
+        record_json = domain_event.__dict__.get(RECORD_JSON) or orjson.dumps(domain_event.record)
+        state = b"".join(
+            (
+                b'{"hash":"',
+                domain_event.hash.encode(),
+                b'","timestamp":',
+                self._timestamp_json(domain_event.timestamp),
+                b',"record":',
+                record_json,
+                b"}",
+            )
         )
         if self.compressor:
             state = self.compressor.compress(state)
@@ -72,6 +80,15 @@ class LedgerMapper(Mapper[UUID]):
             topic=RECORDED_TOPIC,
             state=state,
         )
+
+    _last_timestamp: tuple[datetime, bytes] | None = None
+
+    def _timestamp_json(self, timestamp: datetime) -> bytes:
+        # A batch shares one timestamp: encode it once.
+        last = self._last_timestamp
+        if last is None or last[0] is not timestamp:
+            last = self._last_timestamp = (timestamp, orjson.dumps(timestamp))
+        return last[1]
 
     def decode_recorded(self, state: bytes) -> dict[str, Any]:
         """Plain state of a stored ``Recorded`` event: ``record``, ``hash``, ``timestamp``."""
@@ -109,9 +126,56 @@ class LedgerRecorder:
     def max_indexed_seq(self, log_id: UUID) -> int | None:
         raise NotImplementedError
 
-    def stream_states(self, log_id: UUID) -> Iterator[tuple[int, bytes]]:
-        """(version, state) of every record of a log in version order, streamed."""
+    def record_pages(self, log_id: UUID) -> Iterator[Page]:
+        """Every record of a log in version order, a page at a time, in constant memory."""
         raise NotImplementedError
+
+
+class Page(NamedTuple):
+    """Consecutive stored records of one log: their versions and states, in order."""
+
+    versions: Sequence[int]
+    states: Sequence[bytes]
+
+
+_PAGE_SIZE = 2000
+_END = object()
+
+
+def prefetched(pages: Callable[[], Generator[Page]], depth: int = 2) -> Iterator[Page]:
+    """``pages()``, read by a background thread that keeps ``depth`` pages ahead, so that
+    the database serves the next page on the other core while the caller checks this one.
+    """
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stopped.is_set():
+            with contextlib.suppress(queue.Full):
+                ready.put(item, timeout=0.05)
+                return True
+        return False
+
+    def read() -> None:
+        try:
+            with contextlib.closing(pages()) as source:
+                for page in source:
+                    if not hand_over(page):
+                        return
+            hand_over(_END)
+        except BaseException as error:  # re-raised in the thread that reads the pages
+            hand_over(error)
+
+    reader = threading.Thread(target=read, name="vigil-page-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopped.set()
+        reader.join()
 
 
 class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
@@ -145,12 +209,20 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             "SELECT max(seq) AS max FROM {schema}.{ids} WHERE originator_id = %s"
         ).format(schema=schema, ids=ids)
         self._id_type = datastore.originator_id_type
-        self.stream_states_statement = SQL(
-            "COPY (SELECT originator_version, state FROM {schema}.{events} "
-            "WHERE originator_id = {log_id} AND originator_version > 0 "
-            "ORDER BY originator_version) TO STDOUT (FORMAT BINARY)"
-        )
-        self._schema, self._events = schema, events
+        # Arrays of a page's versions and states: psycopg parses them in C, 3x cheaper
+        # per record than rows of a COPY or a cursor. Pages are ranges of versions, not
+        # LIMITs, so that a stale row estimate cannot turn each page into a sort of
+        # the whole log.
+        self.record_page_statement = SQL(
+            "SELECT array_agg(originator_version ORDER BY originator_version) AS versions, "
+            "array_agg(state ORDER BY originator_version) AS states "
+            "FROM {schema}.{events} WHERE originator_id = %s "
+            "AND originator_version > %s AND originator_version <= %s"
+        ).format(schema=schema, events=events)
+        self.next_version_statement = SQL(
+            "SELECT min(originator_version) AS next FROM {schema}.{events} "
+            "WHERE originator_id = %s AND originator_version > %s"
+        ).format(schema=schema, events=events)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
@@ -194,19 +266,27 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             curs.execute(self.lookup_ids_statement, (log_id, list(keys)), prepare=True)
             return {bytes(row["id_key"]): row["seq"] for row in curs.fetchall()}
 
-    def stream_states(self, log_id: UUID) -> Iterator[tuple[int, bytes]]:
-        # COPY streams rows as the server reads them: several times faster than
-        # paging with SELECT, and constant memory for a log of any length.
-        statement = self.stream_states_statement.format(
-            schema=self._schema, events=self._events, log_id=Literal(str(log_id))
-        )
-        with (
-            self.datastore.get_connection() as conn,
-            conn.cursor() as curs,
-            curs.copy(statement) as copy,
-        ):
-            copy.set_types(["int8", "bytea"])
-            yield from copy.rows()
+    def record_pages(self, log_id: UUID) -> Iterator[Page]:
+        return prefetched(lambda: self._read_pages(log_id))
+
+    def _read_pages(self, log_id: UUID) -> Generator[Page]:
+        after = 0
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
+            while True:
+                last = after + _PAGE_SIZE
+                curs.execute(self.record_page_statement, (log_id, after, last), prepare=True)
+                row = curs.fetchone()
+                versions = row["versions"] if row else None
+                if versions:
+                    yield Page(versions, row["states"])  # type: ignore[index]
+                after = last
+                if versions is None or len(versions) < _PAGE_SIZE:
+                    # Missing versions: skip to the next one stored, if any.
+                    curs.execute(self.next_version_statement, (log_id, last), prepare=True)
+                    row = curs.fetchone()
+                    if row is None or row["next"] is None:
+                        return
+                    after = row["next"] - 1
 
     def max_indexed_seq(self, log_id: UUID) -> int | None:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -261,22 +341,23 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
                     found[row["id_key"]] = row["seq"]
         return found
 
-    def stream_states(self, log_id: UUID) -> Iterator[tuple[int, bytes]]:
-        version = 0
+    def record_pages(self, log_id: UUID) -> Iterator[Page]:
+        after = 0
         while True:
             with self.datastore.transaction(commit=False) as c:
                 c.execute(
                     f"SELECT originator_version, state FROM {self.events_table_name} "
                     "WHERE originator_id = ? AND originator_version > ? "
-                    "ORDER BY originator_version LIMIT 5000",
-                    [log_id.hex, version],
+                    "ORDER BY originator_version LIMIT ?",
+                    [log_id.hex, after, _PAGE_SIZE],
                 )
                 rows = c.fetchall()
-            for row in rows:
-                yield row[0], row[1]
-            if len(rows) < 5000:
+            if not rows:
                 return
-            version = rows[-1][0]
+            yield Page([row[0] for row in rows], [row[1] for row in rows])
+            if len(rows) < _PAGE_SIZE:
+                return
+            after = rows[-1][0]
 
     def max_indexed_seq(self, log_id: UUID) -> int | None:
         with self.datastore.transaction(commit=False) as c:

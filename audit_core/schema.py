@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NamedTuple, NotRequired
 
 import orjson
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
@@ -132,7 +132,7 @@ class AuditEventIn(TypedDict):
     outcome: Outcome
     source: Source
     request_id: NotRequired[ShortText | None]
-    # JSON-ness and bounds of these two are checked by _json_problem: pydantic's
+    # JSON-ness and bounds of these two are checked by _holds_float: pydantic's
     # recursive JsonValue would double the cost of validating an event.
     metadata: NotRequired[
         Annotated[
@@ -176,39 +176,54 @@ def check_tenant(tenant: str) -> str:
 _CONTAINERS = (dict, list)
 
 
-def _json_problem(value: Any, depth: int, limits: Limits) -> str | None:
-    """Why a metadata value is not bounded JSON, or None."""
+class _NotBoundedJsonError(ValueError):
+    pass
+
+
+def _holds_float(value: Any, depth: int, limits: Limits) -> bool:
+    """Whether a metadata value holds a float; raises ``_NotBoundedJsonError`` saying why
+    it is not bounded JSON. One walk does both, so hashing need not walk it again."""
     if depth > limits.max_metadata_depth:
-        return f"nested deeper than {limits.max_metadata_depth} levels"
+        raise _NotBoundedJsonError(f"nested deeper than {limits.max_metadata_depth} levels")
+    floats = False
     # Non-string keys need no check here: orjson refuses them when sizing the event.
     for item in value.values() if type(value) is dict else value:
         kind = type(item)
         if kind is str:
             if not item.isascii() and _has_lone_surrogate(item):
-                return "string holds a lone UTF-16 surrogate, which is not valid Unicode"
+                raise _NotBoundedJsonError(
+                    "string holds a lone UTF-16 surrogate, which is not valid Unicode"
+                )
         elif kind is int:
             if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                return f"integer {item} is beyond ±(2**53 - 1); send it as a string"
+                raise _NotBoundedJsonError(
+                    f"integer {item} is beyond ±(2**53 - 1); send it as a string"
+                )
         elif kind in _CONTAINERS:
-            problem = _json_problem(item, depth + 1, limits)
-            if problem:
-                return problem
+            floats = _holds_float(item, depth + 1, limits) or floats
         elif kind is float:
             if not math.isfinite(item):
-                return "NaN and infinity are not JSON numbers"
+                raise _NotBoundedJsonError("NaN and infinity are not JSON numbers")
+            floats = True
         elif item is not None and kind is not bool:
-            return f"{kind.__name__} is not a JSON value"
-    return None
+            raise _NotBoundedJsonError(f"{kind.__name__} is not a JSON value")
+    return floats
 
 
 def _has_lone_surrogate(text: str) -> bool:
     return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
 
+def _is_stored_spelling(stamp: str) -> bool:
+    """Already UTC with microseconds and ``Z``, as most clients send it."""
+    return len(stamp) == 27 and stamp[26] == "Z" and stamp[10] == "T" and stamp[19] == "."
+
+
 def normalise(
     raw: Mapping[str, Any], index: int, tenant: str, now: datetime, limits: Limits
-) -> dict[str, Any]:
-    """Validate one incoming event; return its content as it will be hashed."""
+) -> tuple[dict[str, Any], bool]:
+    """Validate one incoming event; return its content as it will be hashed, and
+    whether that holds a float (which canonical JSON spells its own way)."""
     try:
         event = EVENT_ADAPTER.validate_python(raw)
     except ValidationError as error:
@@ -227,9 +242,10 @@ def normalise(
         raise InvalidEventError(
             [FieldProblem(index, "tenant", f"{claimed_tenant!r} differs from {tenant!r}")]
         )
+    stamp = event["occurred_at"]
     try:
-        occurred_at = parse_timestamp(event["occurred_at"])
-        occurred_at_utc = format_timestamp(occurred_at)
+        occurred_at = parse_timestamp(stamp)
+        occurred_at_utc = stamp if _is_stored_spelling(stamp) else format_timestamp(occurred_at)
     except (ValueError, OverflowError) as error:
         raise InvalidEventError(
             [
@@ -272,10 +288,12 @@ def normalise(
         "metadata": event.get("metadata", {}),
         "changes": event.get("changes", {}),
     }
+    floats = False
     for field in ("metadata", "changes"):
-        problem = _json_problem(content[field], 1, limits)
-        if problem:
-            raise InvalidEventError([FieldProblem(index, field, problem)])
+        try:
+            floats = _holds_float(content[field], 1, limits) or floats
+        except _NotBoundedJsonError as problem:
+            raise InvalidEventError([FieldProblem(index, field, str(problem))]) from None
     try:
         size = len(orjson.dumps(content))
     except orjson.JSONEncodeError as error:
@@ -295,12 +313,18 @@ def normalise(
                         )
                     ]
                 )
-    return content
+    return content, floats
 
 
-def normalise_batch(
+class NormalisedBatch(NamedTuple):
+    contents: list[dict[str, Any]]
+    with_floats: frozenset[int]
+    """Indexes of the contents holding a float."""
+
+
+def normalise_events(
     events: Sequence[Mapping[str, Any]], tenant: str, now: datetime, limits: Limits
-) -> list[dict[str, Any]]:
+) -> NormalisedBatch:
     """Validate a whole batch, collecting every event's problem before refusing it."""
     check_tenant(tenant)
     if not events:
@@ -316,15 +340,27 @@ def normalise_batch(
             ]
         )
     contents: list[dict[str, Any]] = []
+    with_floats: set[int] = set()
     problems: list[FieldProblem] = []
     for index, raw in enumerate(events):
         if not isinstance(raw, Mapping):
             problems.append(FieldProblem(index, "", "an event must be a JSON object"))
             continue
         try:
-            contents.append(normalise(raw, index, tenant, now, limits))
+            content, floats = normalise(raw, index, tenant, now, limits)
         except InvalidEventError as error:
             problems.extend(error.problems)
+            continue
+        if floats:
+            with_floats.add(index)
+        contents.append(content)
     if problems:
         raise InvalidEventError(problems)
-    return contents
+    return NormalisedBatch(contents, frozenset(with_floats))
+
+
+def normalise_batch(
+    events: Sequence[Mapping[str, Any]], tenant: str, now: datetime, limits: Limits
+) -> list[dict[str, Any]]:
+    """The contents of a valid batch, as ``normalise_events`` makes them."""
+    return normalise_events(events, tenant, now, limits).contents

@@ -8,12 +8,13 @@ row, a truncated tail) shows up at the ``seq`` where it happened.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from audit_core.application import Ledger
-from audit_core.canonical import GENESIS_HASH, record_hash
+from audit_core.canonical import GENESIS_HASH, canonical_bytes
 from audit_core.domain import tenant_log_id
 
 
@@ -71,55 +72,57 @@ Progress = Callable[[int], None]
 
 def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None) -> TenantReport:
     """Check one tenant's whole chain; ``progress`` is told how many records each step did."""
-    mapper = ledger.ledger_mapper
+    decode = ledger.ledger_mapper.decode_recorded
+    sha256 = hashlib.sha256
     expected_seq = 0
     prev_hash = GENESIS_HASH
-    pending = 0
+    # Read first: what the ledger had written before the chain is read must be in it,
+    # whatever is appended while it is read.
+    written = _highest_seq_written(ledger, tenant)
 
     def broken(seq: int, reason: Reason, detail: str) -> TenantReport:
         return TenantReport(tenant, expected_seq, prev_hash, ChainBreak(seq, reason, detail))
 
-    for version, state in ledger.ledger_recorder.stream_states(tenant_log_id(tenant)):
-        seq = version - 1
-        if seq != expected_seq:
-            missing = f"seq {expected_seq}" + (f" to {seq - 1}" if seq - 1 > expected_seq else "")
-            return broken(expected_seq, Reason.GAP, f"{missing} missing from storage")
-        try:
-            decoded = mapper.decode_recorded(state)
-            record, stored_hash = decoded["record"], decoded["hash"]
-        except Exception as error:
-            return broken(seq, Reason.UNDECODABLE, f"{type(error).__name__}: {error}")
-        if record.get("seq") != seq or record.get("tenant") != tenant:
-            return broken(
-                seq,
-                Reason.SEQ_MISMATCH,
-                f"stored at seq {seq} of {tenant!r} but the record says seq "
-                f"{record.get('seq')!r} of {record.get('tenant')!r}",
-            )
-        if record.get("prev_hash") != prev_hash:
-            return broken(
-                seq,
-                Reason.BROKEN_LINK,
-                f"prev_hash {record.get('prev_hash')!r} is not the hash of seq {seq - 1} "
-                f"({prev_hash})",
-            )
-        computed = record_hash(record)
-        if computed != stored_hash:
-            return broken(
-                seq,
-                Reason.HASH_MISMATCH,
-                f"content hashes to {computed} but the stored hash is {stored_hash}",
-            )
-        prev_hash = stored_hash
-        expected_seq += 1
-        pending += 1
-        if progress is not None and pending == 1000:
-            progress(pending)
-            pending = 0
-    if progress is not None and pending:
-        progress(pending)
+    for versions, states in ledger.ledger_recorder.record_pages(tenant_log_id(tenant)):
+        for version, state in zip(versions, states, strict=True):
+            seq = version - 1
+            if seq != expected_seq:
+                missing = f"seq {expected_seq}" + (
+                    f" to {seq - 1}" if seq - 1 > expected_seq else ""
+                )
+                return broken(expected_seq, Reason.GAP, f"{missing} missing from storage")
+            try:
+                decoded = decode(state)
+                record, stored_hash = decoded["record"], decoded["hash"]
+            except Exception as error:
+                return broken(seq, Reason.UNDECODABLE, f"{type(error).__name__}: {error}")
+            if record.get("seq") != seq or record.get("tenant") != tenant:
+                return broken(
+                    seq,
+                    Reason.SEQ_MISMATCH,
+                    f"stored at seq {seq} of {tenant!r} but the record says seq "
+                    f"{record.get('seq')!r} of {record.get('tenant')!r}",
+                )
+            if record.get("prev_hash") != prev_hash:
+                return broken(
+                    seq,
+                    Reason.BROKEN_LINK,
+                    f"prev_hash {record.get('prev_hash')!r} is not the hash of seq {seq - 1} "
+                    f"({prev_hash})",
+                )
+            # The stored record has no "hash" of its own: one added to it is tampering.
+            computed = sha256(canonical_bytes(record)).hexdigest()
+            if computed != stored_hash:
+                return broken(
+                    seq,
+                    Reason.HASH_MISMATCH,
+                    f"content hashes to {computed} but the stored hash is {stored_hash}",
+                )
+            prev_hash = stored_hash
+            expected_seq += 1
+        if progress is not None:
+            progress(len(versions))
 
-    written = _highest_seq_written(ledger, tenant)
     if written is not None and written >= expected_seq:
         return broken(
             expected_seq,
