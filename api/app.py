@@ -5,9 +5,10 @@ Start it with ``vigil serve``, or ``uvicorn --factory api.app:create_app``.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -127,6 +128,12 @@ class _TooLargeError(Exception):
     pass
 
 
+_REQUEST_ID_PREFIX = secrets.token_hex(8)
+"""Random per process; with a counter it makes request ids unique without a uuid4
+(an os.urandom call) per request."""
+_request_numbers = itertools.count()
+
+
 class RequestContext:
     """Request id (``X-Request-ID``, kept or made), one JSON log line, and metrics."""
 
@@ -141,7 +148,7 @@ class RequestContext:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:128]
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or f"{_REQUEST_ID_PREFIX}{next(_request_numbers):08x}"
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status_code = 500
@@ -204,6 +211,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Metrics are Prometheus's (/metrics); OpenTelemetry is not configured, and
+        # checking whether it is costs every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Kept on the app rather than in dependency_overrides: any override makes FastAPI
     # re-resolve every dependency's signature on every request.

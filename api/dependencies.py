@@ -11,13 +11,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.keys import ApiKey, Permission
 from api.services import Services
-from api.settings import Settings, get_settings
 from audit_core.schema import TENANT_PATTERN
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+    # hand-off on every request for what is an attribute lookup.
     services: Services = request.app.state.services
     return services
 

@@ -6,29 +6,30 @@ there is no added delay when traffic is light and one transaction per round trip
 per request, when it is heavy. It also keeps concurrent batches of one tenant from
 racing each other for the log's head (a lost race costs a reload and a re-hash).
 
-A batch request stays atomic: it is never split across calls, and if a combined call
-fails on an id (reused with other content, or two concurrent retries of one id) or on
-validation, each request is recorded on its own, so the error reaches its sender only.
-Callers validate single events first, so a malformed one never costs its group that.
+Requests arrive prepared (validated, ids keyed) by ``Ledger.prepare``, outside the
+queue: a malformed event fails its own request only, and preparing the next requests
+overlaps the commit in flight. A batch request stays atomic: it is never split across
+calls, and if a combined call fails on an id (reused with other content, or two
+concurrent retries of one id), each request is recorded on its own, so the error
+reaches its sender only.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from audit_core import DuplicateEventIdError, InvalidEventError, Ledger, Record
+from audit_core import DuplicateEventIdError, InvalidEventError, Ledger, PreparedBatch, Record
 
 Outcome = list[Record] | BaseException
 
 
 @dataclass
 class _Pending:
-    events: Sequence[Mapping[str, Any]]
+    batch: PreparedBatch
     future: asyncio.Future[list[Record]]
 
 
@@ -42,21 +43,20 @@ class GroupCommitter:
     _queues: dict[str, list[_Pending]] = field(default_factory=dict)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
-    async def record(self, tenant: str, event: Mapping[str, Any]) -> Record:
-        return (await self.record_batch(tenant, [event]))[0]
-
-    async def record_batch(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+    async def record(self, batch: PreparedBatch) -> list[Record]:
+        """Record a prepared batch, with whatever else of its tenant is waiting."""
+        tenant = batch.tenant
         future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(tenant, []).append(_Pending(events, future))
+        self._queues.setdefault(tenant, []).append(_Pending(batch, future))
         if tenant not in self._tasks:
             self._tasks[tenant] = asyncio.create_task(self._drain(tenant))
         return await future
 
     def _take_group(self, queue: list[_Pending]) -> list[_Pending]:
-        size = len(queue[0].events)
+        size = len(queue[0].batch)
         taken = 1
-        while taken < len(queue) and size + len(queue[taken].events) <= self.max_events:
-            size += len(queue[taken].events)
+        while taken < len(queue) and size + len(queue[taken].batch) <= self.max_events:
+            size += len(queue[taken].batch)
             taken += 1
         group = queue[:taken]
         del queue[:taken]
@@ -68,9 +68,7 @@ class GroupCommitter:
             while queue:
                 group = self._take_group(queue)
                 try:
-                    outcomes = await run_in_threadpool(
-                        self._record_group, tenant, [p.events for p in group]
-                    )
+                    outcomes = await run_in_threadpool(self._record_group, [p.batch for p in group])
                 except BaseException as error:  # storage down: every waiter hears it
                     outcomes = [error] * len(group)
                 for pending, outcome in zip(group, outcomes, strict=True):
@@ -85,29 +83,26 @@ class GroupCommitter:
             if not self._queues.get(tenant):
                 self._queues.pop(tenant, None)
 
-    def _record_group(
-        self, tenant: str, requests: list[Sequence[Mapping[str, Any]]]
-    ) -> list[Outcome]:
+    def _record_group(self, requests: list[PreparedBatch]) -> list[Outcome]:
         if len(requests) == 1:
-            records = self.ledger.record(tenant, requests[0])
+            records = self.ledger.record_prepared(requests[0])
             self._committed(1)
             return [records]
-        combined = [event for events in requests for event in events]
         try:
-            records = self.ledger.record(tenant, combined)
+            records = self.ledger.record_prepared(PreparedBatch.join(requests))
         except (DuplicateEventIdError, InvalidEventError):
-            return [self._record_alone(tenant, events) for events in requests]
+            return [self._record_alone(batch) for batch in requests]
         self._committed(len(requests))
         outcomes: list[Outcome] = []
         start = 0
-        for events in requests:
-            outcomes.append(records[start : start + len(events)])
-            start += len(events)
+        for batch in requests:
+            outcomes.append(records[start : start + len(batch)])
+            start += len(batch)
         return outcomes
 
-    def _record_alone(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> Outcome:
+    def _record_alone(self, batch: PreparedBatch) -> Outcome:
         try:
-            records = self.ledger.record(tenant, events)
+            records = self.ledger.record_prepared(batch)
         except Exception as error:
             return error
         self._committed(1)

@@ -7,7 +7,7 @@ as audit events, so that the auditors are audited.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +18,14 @@ from api.group_commit import GroupCommitter
 from api.keys import ApiKey, KeyStore
 from api.metrics import Metrics
 from api.settings import Settings
-from audit_core import Ledger, Record
-from audit_core.readmodel import ReadModelFollower, TrailView, close_view, open_view
+from audit_core import Ledger, PreparedBatch, Record
+from audit_core.readmodel import (
+    ReadModelFollower,
+    TrailQuery,
+    TrailView,
+    close_view,
+    open_view,
+)
 from audit_core.schema import format_timestamp
 
 
@@ -62,15 +68,23 @@ class Services:
 
     # -- recording --------------------------------------------------------------------
 
-    async def record_one(self, tenant: str, event: Mapping[str, Any]) -> Record:
-        record = await self.committer.record(tenant, event)
-        self.follower.nudge()
-        return record
-
-    async def record_batch(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> list[Record]:
-        records = await self.committer.record_batch(tenant, events)
+    async def record(self, batch: PreparedBatch) -> list[Record]:
+        records = await self.committer.record(batch)
         self.follower.nudge()
         return records
+
+    # -- reading ----------------------------------------------------------------------
+
+    def query_page(self, query: TrailQuery) -> tuple[list[Record], str | None]:
+        """A page of a trail query and its next cursor: the read model finds the seqs,
+        the ledger holds the records."""
+        page = self.view.query(query)
+        return self.ledger.records_at(query.tenant, page.seqs), page.next_cursor
+
+    def export(self, query: TrailQuery) -> Iterator[Record]:
+        """Every record a trail query matches, read a page at a time."""
+        for seqs in self.view.iter_seqs(query):
+            yield from self.ledger.records_at(query.tenant, seqs)
 
     async def audit(
         self,
@@ -102,7 +116,8 @@ class Services:
         }
         if request_id:
             event["request_id"] = request_id[:256]
-        return await self.record_one(tenant, event)
+        [record] = await self.record(self.ledger.prepare(tenant, [event]))
+        return record
 
 
 def _now() -> str:

@@ -1,6 +1,6 @@
 """Vigil's ledger: tenants' append-only, hash-chained audit logs on eventsourcing."""
 
-from audit_core.application import Ledger, Record
+from audit_core.application import Ledger, PreparedBatch, Record
 from audit_core.canonical import GENESIS_HASH, canonical_bytes, record_hash
 from audit_core.exceptions import (
     DuplicateEventIdError,
@@ -26,6 +26,7 @@ __all__ = [
     "LedgerBusyError",
     "LedgerError",
     "Limits",
+    "PreparedBatch",
     "Reason",
     "Record",
     "TenantNotFoundError",

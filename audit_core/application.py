@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 from uuid import UUID
@@ -33,7 +34,7 @@ from audit_core.persistence import (
     PostgresLedgerRecorder,
     SQLiteLedgerRecorder,
 )
-from audit_core.schema import Limits, NormalisedBatch, check_tenant, normalise_events
+from audit_core.schema import Limits, check_tenant, normalise_events
 
 Record = dict[str, Any]
 
@@ -42,10 +43,59 @@ def _same_content(original: Record, content: dict[str, Any]) -> bool:
     return canonical_bytes(client_content(original)) == canonical_bytes(content)
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A validated batch of one tenant with its id keys, ready to be chained.
+
+    Preparing needs no lock on the log, so a server can prepare the next batch while
+    the previous one commits; ``join`` lets a group commit record several as one.
+    """
+
+    tenant: str
+    contents: list[dict[str, Any]]
+    keys: list[bytes]
+    with_floats: frozenset[int]
+    """Indexes of the contents holding a float."""
+
+    def __len__(self) -> int:
+        return len(self.contents)
+
+    @classmethod
+    def join(cls, batches: Sequence[PreparedBatch]) -> PreparedBatch:
+        """One batch of several of the same tenant; refuses an id that two of them use."""
+        if len(batches) == 1:
+            return batches[0]
+        tenant = batches[0].tenant
+        contents: list[dict[str, Any]] = []
+        keys: list[bytes] = []
+        with_floats: set[int] = set()
+        for batch in batches:
+            if batch.tenant != tenant:
+                raise ValueError(f"cannot join batches of {tenant!r} and {batch.tenant!r}")
+            with_floats.update(len(contents) + index for index in batch.with_floats)
+            contents += batch.contents
+            keys += batch.keys
+        _refuse_repeated_ids(tenant, contents, keys)
+        return cls(tenant, contents, keys, frozenset(with_floats))
+
+
+def _refuse_repeated_ids(tenant: str, contents: list[dict[str, Any]], keys: list[bytes]) -> None:
+    first_index: dict[bytes, int] = {}
+    for index, key in enumerate(keys):
+        if key in first_index:
+            raise DuplicateEventIdError(
+                tenant,
+                contents[index]["id"],
+                index,
+                f"repeats event {first_index[key]} of this batch",
+            )
+        first_index[key] = index
+
+
 def _append(
     log: TenantLog,
     keys: list[bytes],
-    batch: NormalisedBatch,
+    batch: PreparedBatch,
     known: dict[bytes, int],
     originals: dict[int, Record],
 ) -> tuple[list[Record], list[tuple[UUID, IndexedId]]]:
@@ -150,8 +200,18 @@ class Ledger(Application[UUID]):
         An event whose ``id`` is already recorded with the same content returns the
         original record; with other content the whole batch is refused.
         """
-        batch, keys = self._prepare(tenant, events)
-        contents = batch.contents
+        return self.record_prepared(self.prepare(tenant, events))
+
+    def prepare(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> PreparedBatch:
+        """Validate a batch and key its ids; refuses an id used twice in it."""
+        batch = normalise_events(events, tenant, datetime.now(UTC), self.limits)
+        keys = [self._id_key(content["id"]) for content in batch.contents]
+        _refuse_repeated_ids(tenant, batch.contents, keys)
+        return PreparedBatch(tenant, batch.contents, keys, batch.with_floats)
+
+    def record_prepared(self, batch: PreparedBatch) -> list[Record]:
+        """``record`` of a batch that ``prepare`` has validated."""
+        tenant, contents, keys = batch.tenant, batch.contents, batch.keys
         log_id = tenant_log_id(tenant)
         # The first attempt assumes the ids are new and lets the id index's primary
         # key say otherwise: a retried batch costs one refused insert, and every
@@ -183,22 +243,6 @@ class Ledger(Application[UUID]):
                 continue
             return results
         raise LedgerBusyError(tenant, self.max_append_attempts)
-
-    def _prepare(
-        self, tenant: str, events: Sequence[Mapping[str, Any]]
-    ) -> tuple[NormalisedBatch, list[bytes]]:
-        """Validated contents of a batch and their id keys; refuses an id used twice."""
-        batch = normalise_events(events, tenant, datetime.now(UTC), self.limits)
-        contents = batch.contents
-        keys = [self._id_key(content["id"]) for content in contents]
-        first_index: dict[bytes, int] = {}
-        for index, (key, content) in enumerate(zip(keys, contents, strict=True)):
-            if key in first_index:
-                raise DuplicateEventIdError(
-                    tenant, content["id"], index, f"repeats event {first_index[key]} of this batch"
-                )
-            first_index[key] = index
-        return batch, keys
 
     def _load_or_open(self, tenant: str, *, fresh: bool) -> TenantLog:
         """The tenant's log: as this process last saved it, or ``fresh`` from storage.
@@ -308,27 +352,20 @@ class Ledger(Application[UUID]):
         check_tenant(tenant)
         return self._records_by_seq(tenant_log_id(tenant), [seq], tenant)[seq]
 
+    def records_at(self, tenant: str, seqs: Sequence[int]) -> list[Record]:
+        """The records at ``seqs``, in that order, read in one query."""
+        check_tenant(tenant)
+        found = self._records_by_seq(tenant_log_id(tenant), seqs, tenant)
+        return [found[seq] for seq in seqs]
+
     def _records_by_seq(
         self, log_id: UUID, seqs: Sequence[int], tenant: str = ""
     ) -> dict[int, Record]:
-        """Records at ``seqs``, read as a few contiguous ranges rather than one by one."""
-        wanted = sorted(set(seqs))
-        records: dict[int, Record] = {}
-        start = 0
-        while start < len(wanted):
-            end = start
-            while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= 64:
-                end += 1
-            first, last = wanted[start], wanted[end]
-            for stored in self.recorder.select_events(
-                log_id, gt=version_of(first - 1), lte=version_of(last)
-            ):
-                records[stored.originator_version - 1] = self._to_record(stored.state)
-            start = end + 1
-        missing = [seq for seq in wanted if seq not in records]
+        states = self.ledger_recorder.select_states(log_id, [version_of(s) for s in set(seqs)])
+        missing = sorted(seq for seq in seqs if version_of(seq) not in states)
         if missing:
             raise EventNotFoundError(tenant or str(log_id), f"at seq {missing[0]}")
-        return {seq: records[seq] for seq in wanted}
+        return {version - 1: self._to_record(state) for version, state in states.items()}
 
     def _to_record(self, state: bytes) -> Record:
         decoded = self.ledger_mapper.decode_recorded(state)

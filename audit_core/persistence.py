@@ -130,6 +130,10 @@ class LedgerRecorder:
         """Every record of a log in version order, a page at a time, in constant memory."""
         raise NotImplementedError
 
+    def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
+        """The stored states of those of ``versions`` that a log holds, in one query."""
+        raise NotImplementedError
+
 
 class Page(NamedTuple):
     """Consecutive stored records of one log: their versions and states, in order."""
@@ -219,6 +223,10 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             "FROM {schema}.{events} WHERE originator_id = %s "
             "AND originator_version > %s AND originator_version <= %s"
         ).format(schema=schema, events=events)
+        self.select_states_statement = SQL(
+            "SELECT originator_version, state FROM {schema}.{events} "
+            "WHERE originator_id = %s AND originator_version = ANY(%s)"
+        ).format(schema=schema, events=events)
         self.next_version_statement = SQL(
             "SELECT min(originator_version) AS next FROM {schema}.{events} "
             "WHERE originator_id = %s AND originator_version > %s"
@@ -268,6 +276,13 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
 
     def record_pages(self, log_id: UUID) -> Iterator[Page]:
         return prefetched(lambda: self._read_pages(log_id))
+
+    def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
+        if not versions:
+            return {}
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
+            curs.execute(self.select_states_statement, (log_id, list(versions)), prepare=True)
+            return {row["originator_version"]: row["state"] for row in curs.fetchall()}
 
     def _read_pages(self, log_id: UUID) -> Generator[Page]:
         after = 0
@@ -339,6 +354,20 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
                 )
                 for row in c.fetchall():
                     found[row["id_key"]] = row["seq"]
+        return found
+
+    def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(versions), self._LOOKUP_CHUNK):
+                chunk = list(versions[start : start + self._LOOKUP_CHUNK])
+                marks = ",".join("?" * len(chunk))
+                c.execute(
+                    f"SELECT originator_version, state FROM {self.events_table_name} "
+                    f"WHERE originator_id = ? AND originator_version IN ({marks})",
+                    [log_id.hex, *chunk],
+                )
+                found.update((row[0], row[1]) for row in c.fetchall())
         return found
 
     def record_pages(self, log_id: UUID) -> Iterator[Page]:

@@ -1,4 +1,8 @@
-"""The query read model: an indexed table of every record, kept by a tracked follower.
+"""The query read model: an index of every record, kept by a tracked follower.
+
+The index holds what queries filter on and each record's seq, not the record: a query
+finds seqs here and reads the records from the ledger, so a record is stored once, and
+encrypted there when the ledger is (the indexed fields are in clear, as any index's).
 
 The follower reads the ledger's notification log in order and writes a page of records
 and the notification id it reached in one transaction (the library's tracking table),
@@ -21,10 +25,9 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import orjson
 from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
@@ -42,12 +45,11 @@ log = logging.getLogger(__name__)
 Order = Literal["desc", "asc"]
 
 _COLUMNS = (
-    "tenant, seq, event_id, occurred_at, received_at, actor_id, actor_type, action, "
-    "action_ns, target_type, target_id, outcome, source, search, doc"
+    "tenant, seq, occurred_at, actor_id, action, action_ns, target_type, target_id, "
+    "outcome, source, search"
 )
-Row = tuple[
-    str, int, str, str, str, str, str, str, str, str | None, str | None, str, str, str, bytes
-]
+_WIDTH = len(_COLUMNS.split(","))
+Row = tuple[str, int, str, str, str, str, str | None, str | None, str, str, str]
 
 
 class InvalidQueryError(LedgerError):
@@ -59,27 +61,47 @@ class InvalidQueryError(LedgerError):
 
 
 def to_row(record: Record) -> Row:
-    """The trail table's row of a record (``doc`` is the record as JSON, hash included)."""
-    actor = record["actor"]
+    """The index row of a record: what queries filter on, and its seq to fetch it by."""
     target = record.get("target") or {}
-    metadata = record.get("metadata") or {}
     return (
         record["tenant"],
         record["seq"],
-        record["id"],
         record["occurred_at"],
-        record["received_at"],
-        actor["id"],
-        actor.get("type", "user"),
+        record["actor"]["id"],
         record["action"],
         record["action"].split(".", 1)[0],
         target.get("type"),
         target.get("id"),
         record["outcome"],
         record["source"],
-        orjson.dumps(metadata).decode().lower() if metadata else "",
-        orjson.dumps(record),
+        search_text(record.get("metadata") or {}),
     )
+
+
+def search_text(metadata: Any) -> str:
+    """The metadata's values, lowercased, one per line: what free text searches.
+
+    Values only: the keys repeat in every record, and indexing their trigrams would
+    double the cost of the trigram index for words that find everything.
+    """
+    values: list[str] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+        elif isinstance(value, str):
+            values.append(value.lower())
+        elif isinstance(value, bool):
+            values.append("true" if value else "false")
+        elif value is not None:
+            values.append(str(value))
+
+    collect(metadata)
+    return "\n".join(values)
 
 
 @dataclass(frozen=True)
@@ -98,7 +120,7 @@ class TrailQuery:
     until: str | None = None
     """occurred_at < until."""
     text: str | None = None
-    """Case-insensitive substring of the metadata's JSON."""
+    """Case-insensitive substring of a metadata value."""
     order: Order = "desc"
     after_seq: int | None = None
     """Keyset position: records beyond this seq in the query's order."""
@@ -174,11 +196,11 @@ def _where(query: TrailQuery) -> tuple[str, list[Any]]:
 
 
 @dataclass
-class Page:
-    records: list[Record]
+class SeqPage:
+    """The seqs of a page of matching records, in the query's order."""
+
+    seqs: list[int]
     next_cursor: str | None
-    raw: list[bytes] = field(default_factory=list, repr=False)
-    """The records' stored JSON, for responses that need not re-encode them."""
 
 
 class TrailView(TrackingRecorder):
@@ -193,37 +215,33 @@ class TrailView(TrackingRecorder):
     def _select(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
-    def query(self, query: TrailQuery) -> Page:
+    def query(self, query: TrailQuery) -> SeqPage:
         where, params = _where(query)
         direction = "DESC" if query.order == "desc" else "ASC"
-        statement = (
-            f"SELECT seq, doc FROM {self.table} WHERE {where} ORDER BY seq {direction} LIMIT ?"
-        )
-        rows = self._select(statement, [*params, query.limit + 1])
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        docs = [bytes(doc) for _, doc in rows]
-        cursor = encode_cursor(query.order, rows[-1][0]) if more and rows else None
-        return Page([orjson.loads(doc) for doc in docs], cursor, docs)
+        statement = f"SELECT seq FROM {self.table} WHERE {where} ORDER BY seq {direction} LIMIT ?"
+        seqs = [row[0] for row in self._select(statement, [*params, query.limit + 1])]
+        more = len(seqs) > query.limit
+        seqs = seqs[: query.limit]
+        return SeqPage(seqs, encode_cursor(query.order, seqs[-1]) if more and seqs else None)
 
     def count(self, tenant: str) -> int:
-        rows = self._select(f"SELECT count(*), NULL FROM {self.table} WHERE tenant = ?", [tenant])
+        rows = self._select(f"SELECT count(*) FROM {self.table} WHERE tenant = ?", [tenant])
         return int(rows[0][0])
 
-    def iter_query(self, query: TrailQuery, page_size: int = 1000) -> Iterator[Record]:
-        """Every record matching ``query`` (its limit ignored), fetched page by page."""
+    def iter_seqs(self, query: TrailQuery, page_size: int = 1000) -> Iterator[list[int]]:
+        """The seqs of every record matching ``query`` (its limit ignored), page by page."""
         position = query.after_seq
         while True:
-            page_query = TrailQuery(**{**query.__dict__, "after_seq": position, "limit": page_size})
-            page = self.query(page_query)
-            yield from page.records
+            page = self.query(replace(query, after_seq=position, limit=page_size))
+            if page.seqs:
+                yield page.seqs
             if page.next_cursor is None:
                 return
-            position = page.records[-1]["seq"]
+            position = page.seqs[-1]
 
     def ping(self) -> None:
         """Raise if the database cannot be reached."""
-        self._select("SELECT 1, NULL", [])
+        self._select("SELECT 1", [])
 
 
 _INDEXES = (
@@ -234,24 +252,20 @@ _INDEXES = (
     ("outcome", "tenant, outcome, seq"),
     ("source", "tenant, source, seq"),
     ("occurred", "tenant, occurred_at"),
-    ("received", "tenant, received_at"),
-    ("event_id", "tenant, event_id"),
 )
 
 
 class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
-    table = "trail_records"
+    table = "trail_index"
 
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
-            "tenant TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL, "
-            "occurred_at TEXT NOT NULL, received_at TEXT NOT NULL, "
-            "actor_id TEXT NOT NULL, actor_type TEXT NOT NULL, action TEXT NOT NULL, "
-            "action_ns TEXT NOT NULL, "
+            "tenant TEXT NOT NULL, seq INTEGER NOT NULL, occurred_at TEXT NOT NULL, "
+            "actor_id TEXT NOT NULL, action TEXT NOT NULL, action_ns TEXT NOT NULL, "
             "target_type TEXT, target_id TEXT, outcome TEXT NOT NULL, source TEXT NOT NULL, "
-            "search TEXT NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (tenant, seq)) WITHOUT ROWID"
+            "search TEXT NOT NULL, PRIMARY KEY (tenant, seq)) WITHOUT ROWID"
         )
         for name, columns in _INDEXES:
             statements.append(
@@ -262,7 +276,8 @@ class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
     def project(self, rows: Sequence[Row], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
             c.executemany(
-                f"INSERT INTO {self.table} ({_COLUMNS}) VALUES ({','.join('?' * 15)})", rows
+                f"INSERT INTO {self.table} ({_COLUMNS}) VALUES ({','.join('?' * _WIDTH)})",
+                rows,
             )
             self._insert_tracking(c, tracking)
 
@@ -280,25 +295,23 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
         super().__init__(datastore, **kwargs)
         schema = Identifier(datastore.schema)
-        self.table = f'"{datastore.schema}".trail_records'
-        table = Identifier("trail_records")
+        self.table = f'"{datastore.schema}".trail_index'
+        table = Identifier("trail_index")
         text = 'text COLLATE "C"'
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
-                f"tenant {text} NOT NULL, seq bigint NOT NULL, event_id {text} NOT NULL, "
-                f"occurred_at {text} NOT NULL, received_at {text} NOT NULL, "
-                f"actor_id {text} NOT NULL, actor_type {text} NOT NULL, "
-                f"action {text} NOT NULL, action_ns {text} NOT NULL, "
+                f"tenant {text} NOT NULL, seq bigint NOT NULL, occurred_at {text} NOT NULL, "
+                f"actor_id {text} NOT NULL, action {text} NOT NULL, action_ns {text} NOT NULL, "
                 f"target_type {text}, target_id {text}, "
                 f"outcome {text} NOT NULL, source {text} NOT NULL, search text NOT NULL, "
-                "doc bytea NOT NULL, PRIMARY KEY (tenant, seq))"
+                "PRIMARY KEY (tenant, seq))"
             ).format(schema=schema, table=table)
         )
         for name, columns in _INDEXES:
             self.sql_create_statements.append(
                 SQL("CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} ({columns})").format(
-                    index=Identifier(f"trail_records_{name}"),
+                    index=Identifier(f"trail_index_{name}"),
                     schema=schema,
                     table=table,
                     columns=SQL(columns),
@@ -309,7 +322,7 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
         ).format(schema=schema, table=table)
         self._trigram_index = SQL(
             "CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} USING gin (search gin_trgm_ops)"
-        ).format(index=Identifier("trail_records_search"), schema=schema, table=table)
+        ).format(index=Identifier("trail_index_search"), schema=schema, table=table)
 
     def create_table(self) -> None:
         super().create_table()
@@ -322,7 +335,7 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     def project(self, rows: Sequence[Row], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
             with curs.copy(self._copy) as copy:
-                copy.set_types(["text", "int8", *["text"] * 12, "bytea"])
+                copy.set_types(["text", "int8", *["text"] * (_WIDTH - 2)])
                 for row in rows:
                     copy.write_row(row)
             self._insert_tracking(curs, tracking)
@@ -341,8 +354,7 @@ class TrailProjection(Projection[TrailView]):
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         if isinstance(domain_event, TenantLog.Recorded):
-            record = {**domain_event.record, "hash": domain_event.hash}
-            self.view.project([to_row(record)], tracking)
+            self.view.project([to_row(domain_event.record)], tracking)
         else:
             self.view.insert_tracking(tracking)
 
@@ -376,7 +388,9 @@ class ReadModelFollower:
     """Keeps a :class:`TrailView` up to date with a ledger, in a background thread.
 
     It polls the notification log every ``poll_interval`` seconds when idle; ``nudge()``
-    (called by the API after each write) wakes it at once.
+    (called by the API after each write) wakes it, and it lets ``settle_seconds`` pass
+    before reading, so that a stream of small writes is applied in a few larger
+    transactions rather than one per write.
     """
 
     def __init__(
@@ -386,11 +400,13 @@ class ReadModelFollower:
         *,
         poll_interval: float = 0.2,
         page_size: int = 2000,
+        settle_seconds: float = 0.05,
     ):
         self.ledger = ledger
         self.view = view
         self.poll_interval = poll_interval
         self.page_size = page_size
+        self.settle_seconds = settle_seconds
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -439,10 +455,7 @@ class ReadModelFollower:
         if not notifications:
             return position, 0
         decode = self.ledger.ledger_mapper.decode_recorded
-        rows = []
-        for notification in notifications:
-            decoded = decode(notification.state)
-            rows.append(to_row({**decoded["record"], "hash": decoded["hash"]}))
+        rows = [to_row(decode(notification.state)["record"]) for notification in notifications]
         last = notifications[-1].id
         self.view.project(rows, Tracking(self.app_name, last))
         return last, len(rows)
@@ -466,5 +479,6 @@ class ReadModelFollower:
                 log.warning("read model follower failed (%s), retrying: %s", failures, error)
                 self._stopping.wait(min(5.0, 0.1 * 2**failures))
                 continue
-            self._wake.wait(self.poll_interval)
+            if self._wake.wait(self.poll_interval):
+                self._stopping.wait(self.settle_seconds)
             self._wake.clear()

@@ -34,7 +34,6 @@ from audit_core.schema import (
     Outcome,
     Source,
     format_timestamp,
-    normalise_batch,
 )
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=ERRORS)
@@ -102,9 +101,8 @@ async def record_events(
         ) from None
     limits = services.ledger.limits
     if isinstance(payload, dict):
-        # Checked alone first, so a bad event fails its own request and not its group.
-        normalise_batch([payload], tenant, datetime.now(UTC), limits)
-        record = await services.record_one(tenant, payload)
+        # Prepared here, so a bad event fails its own request and not its group.
+        [record] = await services.record(services.ledger.prepare(tenant, [payload]))
         services.metrics.ingested.labels("single").inc()
         replay = record["received_at"] < started
         return _json(orjson.dumps(record), 200 if replay else 201)
@@ -120,7 +118,9 @@ async def record_events(
                     )
                 ]
             )
-        records = await services.record_batch(tenant, payload)
+        # In a worker thread: a batch is validated while another commits.
+        prepared = await run_in_threadpool(services.ledger.prepare, tenant, payload)
+        records = await services.record(prepared)
         services.metrics.ingested.labels("batch").inc(len(records))
         replay = all(r["received_at"] < started for r in records)
         return _json(orjson.dumps({"records": records}), 200 if replay else 201)
@@ -143,7 +143,7 @@ def _timestamp(name: str, value: str | None) -> str | None:
     return format_timestamp(moment)
 
 
-def trail_filters(
+async def trail_filters(
     actor_id: Annotated[str | None, Query(max_length=256)] = None,
     action: Annotated[
         str | None,
@@ -228,7 +228,7 @@ async def query_events(
     limit = min(limit, services.settings.max_page_size)
     after = decode_cursor(cursor, filters.order) if cursor else None
     query = replace(filters, tenant=tenant, limit=limit, after_seq=after)
-    page = await run_in_threadpool(services.view.query, query)
+    records, next_cursor = await run_in_threadpool(services.query_page, query)
     await _audit_read(
         services,
         request,
@@ -236,16 +236,9 @@ async def query_events(
         tenant,
         "audit.query",
         {"type": "audit_trail", "id": tenant},
-        {"filters": query.filters(), "returned": len(page.raw), "cursor": cursor},
+        {"filters": query.filters(), "returned": len(records), "cursor": cursor},
     )
-    body = (
-        b'{"items":['
-        + b",".join(page.raw)
-        + b'],"next_cursor":'
-        + orjson.dumps(page.next_cursor)
-        + b"}"
-    )
-    return _json(body)
+    return _json(orjson.dumps({"items": records, "next_cursor": next_cursor}))
 
 
 CSV_COLUMNS = (
@@ -317,7 +310,7 @@ async def export_events(
         {"type": "audit_trail", "id": tenant},
         {"filters": query.filters(), "format": format},
     )
-    records = services.view.iter_query(query)
+    records = services.export(query)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     headers = {"Content-Disposition": f'attachment; filename="vigil-{tenant}-{stamp}.{format}"'}
     if format == "csv":

@@ -4,40 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from audit_core import Ledger, Record
+from api.group_commit import GroupCommitter
+from audit_core import PreparedBatch
 from tests.api.conftest import Api
 from tests.events import audit_event
 
 
-class GatedLedger:
-    """Counts ledger.record calls; the first one waits until the test opens the gate."""
+class GatedCommitter:
+    """Counts the events of each group the committer records; the first group waits
+    until the test opens the gate."""
 
-    def __init__(self, ledger: Ledger):
-        self.ledger = ledger
-        self.original = ledger.record
+    def __init__(self, committer: GroupCommitter):
+        self.committer = committer
+        self.original = committer._record_group
         self.calls: list[int] = []
         self.gate = threading.Event()
-        ledger.record = self.record  # type: ignore[method-assign]
+        committer._record_group = self.record_group  # type: ignore[method-assign]
 
-    def record(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> list[Record]:
-        self.calls.append(len(events))
+    def record_group(self, requests: list[PreparedBatch]) -> list[Any]:
+        self.calls.append(sum(len(batch) for batch in requests))
         if len(self.calls) == 1:
             self.gate.wait(timeout=30)
-        return self.original(tenant, events)
+        return self.original(requests)
 
     def waiting(self, api: Api) -> int:
-        """Events in the gated first commit plus those queued behind it."""
+        """Events in the gated first group plus those queued behind it."""
         return sum(self.calls[:1]) + len(api.services.committer._queues.get("acme", []))
 
 
 async def _post_concurrently(
     api: Api,
-    gated: GatedLedger,
+    gated: GatedCommitter,
     bodies: list[dict[str, Any]],
     headers: dict[str, str],
     expect_refused: int = 0,
@@ -56,7 +57,7 @@ async def _post_concurrently(
 
 
 def test_concurrent_single_events_are_combined_into_few_transactions(api: Api) -> None:
-    gated = GatedLedger(api.services.ledger)
+    gated = GatedCommitter(api.services.committer)
     headers = api.headers("acme", "ingest")
     bodies = [audit_event(f"c-{i}") for i in range(40)]
     responses = asyncio.run(_post_concurrently(api, gated, bodies, headers))
@@ -72,7 +73,7 @@ def test_concurrent_single_events_are_combined_into_few_transactions(api: Api) -
 def test_one_conflicting_event_fails_alone_in_its_group(api: Api) -> None:
     headers = api.headers("acme", "ingest")
     api.client.post("/v1/events", json=audit_event("taken"), headers=headers)
-    gated = GatedLedger(api.services.ledger)
+    gated = GatedCommitter(api.services.committer)
     bodies = [audit_event("first")] + [audit_event(f"ok-{i}") for i in range(5)]
     bodies.insert(3, audit_event("taken", outcome="failure"))  # same id, other content
     bodies.insert(4, audit_event("ok-1"))  # a concurrent retry of ok-1
@@ -87,7 +88,7 @@ def test_one_conflicting_event_fails_alone_in_its_group(api: Api) -> None:
 
 
 def test_a_malformed_event_never_joins_a_group(api: Api) -> None:
-    gated = GatedLedger(api.services.ledger)
+    gated = GatedCommitter(api.services.committer)
     headers = api.headers("acme", "ingest")
     bodies = [audit_event(f"g-{i}") for i in range(6)]
     bad = audit_event("bad", action="NOPE")

@@ -11,7 +11,7 @@ from tests.stores import Store
 
 def _seqs(view: object, tenant: str) -> list[int]:
     query = TrailQuery(tenant=tenant, order="asc", limit=100_000)
-    return [r["seq"] for r in view.iter_query(query)]  # type: ignore[attr-defined]
+    return [seq for page in view.iter_seqs(query) for seq in page]  # type: ignore[attr-defined]
 
 
 def test_a_restarted_follower_resumes_without_skipping_or_repeating(store: Store) -> None:
