@@ -67,6 +67,8 @@ class Store(abc.ABC):
     events_table: str
     ids_table: str
     snapshots_table: str
+    trail_index_table: str
+    """The read model's table."""
 
     def stored_state(self, tenant: str, seq: int) -> bytes:
         rows = self._run(
@@ -103,6 +105,24 @@ class Store(abc.ABC):
                 (self._log_key(tenant), seq + 1),
             )
 
+    def delete_seq_range(self, tenant: str, first: int, last: int) -> None:
+        """Delete seqs ``first`` to ``last``, both included, in one statement."""
+        self._run(
+            f"DELETE FROM {self.events_table} WHERE originator_id = ? "
+            "AND originator_version BETWEEN ? AND ?",
+            (self._log_key(tenant), first + 1, last + 1),
+        )
+
+    def cells(self, table: str) -> bytes:
+        """Every cell of ``table``, as bytes."""
+        cells: list[bytes] = []
+        for row in self._run(f"SELECT * FROM {table}"):
+            cells.extend(
+                bytes(cell) if isinstance(cell, bytes | memoryview) else str(cell).encode()
+                for cell in row
+            )
+        return b"\x00".join(cells)
+
     def delete_indexed_ids(self, tenant: str, from_seq: int) -> None:
         """Remove id index entries from ``from_seq`` on, as a careful intruder would."""
         self._run(
@@ -136,14 +156,8 @@ class Store(abc.ABC):
 
     def everything_stored(self) -> bytes:
         """Every cell of the events, id index and snapshot tables, as bytes."""
-        cells: list[bytes] = []
-        for table in (self.events_table, self.ids_table, self.snapshots_table):
-            for row in self._run(f"SELECT * FROM {table}"):
-                cells.extend(
-                    bytes(cell) if isinstance(cell, bytes | memoryview) else str(cell).encode()
-                    for cell in row
-                )
-        return b"\x00".join(cells)
+        tables = (self.events_table, self.ids_table, self.snapshots_table)
+        return b"\x00".join(self.cells(table) for table in tables)
 
 
 class SQLiteStore(Store):
@@ -151,6 +165,7 @@ class SQLiteStore(Store):
     events_table = "stored_events"
     ids_table = "stored_events_ids"
     snapshots_table = "stored_snapshots"
+    trail_index_table = "trail_index"
 
     def __init__(self, path: Path):
         super().__init__()
@@ -185,6 +200,7 @@ class PostgresStore(Store):
         self.events_table = f'"{self.schema}".ledger_events'
         self.ids_table = f'"{self.schema}".ledger_events_ids'
         self.snapshots_table = f'"{self.schema}".ledger_snapshots'
+        self.trail_index_table = f'"{self.schema}".trail_index'
 
     def _run(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cursor = self._connection.execute(statement.replace("?", "%s"), tuple(params))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from audit_core.readmodel import ReadModelFollower, TrailQuery, close_view, open_view
-from tests.events import audit_events
+from tests.events import audit_event, audit_events
 from tests.stores import Store
 
 
@@ -65,4 +67,50 @@ def test_tenants_are_kept_apart_in_the_read_model(store: Store) -> None:
     follower.run_once(0)
     assert _seqs(view, "acme") == [0, 1, 2]
     assert _seqs(view, "globex") == [0, 1]
+    close_view(view)
+
+
+def test_with_encryption_the_read_model_holds_what_queries_filter_on_and_no_record(
+    store: Store,
+) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    ledger = store.open_ledger(encryption_key=key)
+    event = audit_event(
+        "payroll-1",
+        actor={"id": "u-7", "user_agent": "PayrollAgent/9"},
+        target={"type": "report", "id": "r-1", "name": "quarterly-payroll-export"},
+    )
+    ledger.record("acme", [event])
+    view = open_view(store.settings(encryption_key=key).ledger_env())
+    ReadModelFollower(ledger, view).run_once(0)
+    stored = store.cells(store.trail_index_table)
+    assert b"u-7" in stored
+    assert b"quarterly-payroll-export" not in stored
+    assert b"PayrollAgent" not in stored
+    [seq] = view.query(TrailQuery(tenant="acme")).seqs
+    [record] = ledger.records_at("acme", [seq])
+    assert record["target"]["name"] == "quarterly-payroll-export"
+    close_view(view)
+
+
+def test_free_text_matches_metadata_values_not_their_keys(store: Store) -> None:
+    ledger = store.open_ledger()
+    ledger.record(
+        "acme",
+        [
+            audit_event("a", metadata={"reason": "GDPR erasure", "count": 3, "flag": True}),
+            audit_event("b", metadata={"note": {"nested": ["Refund approved"]}}),
+        ],
+    )
+    view = open_view(store.settings().ledger_env())
+    ReadModelFollower(ledger, view).run_once(0)
+
+    def found(text: str) -> list[int]:
+        return view.query(TrailQuery(tenant="acme", text=text, order="asc")).seqs
+
+    assert found("gdpr ERA") == [0]
+    assert found("refund") == [1]
+    assert found("true") == [0]
+    assert found("reason") == []
+    assert found("nested") == []
     close_view(view)

@@ -131,3 +131,26 @@ def test_a_log_longer_than_a_page_of_storage_verifies_and_a_late_break_is_found(
     problem = verify_tenant(ledger, "acme").problem
     assert problem is not None
     assert (problem.seq, problem.reason) == (5500, Reason.GAP)
+
+
+def test_a_gap_wider_than_a_page_of_storage_is_reported_where_it_starts(store: Store) -> None:
+    ledger = store.open_ledger()
+    for batch in range(5):
+        ledger.record("acme", audit_events(1000, prefix=f"b{batch}"))
+    store.delete_seq_range("acme", 100, 4499)
+    problem = verify_tenant(ledger, "acme").problem
+    assert problem is not None
+    assert (problem.seq, problem.reason) == (100, Reason.GAP)
+    assert problem.detail == "seq 100 to 4499 missing from storage"
+
+
+def test_a_log_that_fills_whole_pages_verifies_to_its_last_record(store: Store) -> None:
+    ledger = store.open_ledger()
+    for batch in range(4):
+        ledger.record("acme", audit_events(1000, prefix=f"b{batch}"))
+    report = verify_tenant(ledger, "acme")
+    assert (report.ok, report.records) == (True, 4000)
+    store.delete_seq_range("acme", 3999, 3999)
+    problem = verify_tenant(ledger, "acme").problem
+    assert problem is not None
+    assert (problem.seq, problem.reason) == (3999, Reason.TRUNCATED)
