@@ -36,7 +36,7 @@ class _Pending:
 @dataclass
 class GroupCommitter:
     ledger: Ledger
-    max_events: int = 500
+    max_events: int = 2000
     """Most events per combined call (a larger batch request goes alone)."""
     on_commit: Callable[[int], None] | None = None
     """Told how many requests each ledger call recorded (for metrics)."""

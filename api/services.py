@@ -138,7 +138,7 @@ def build_services(settings: Settings) -> Services:
     metrics = Metrics()
     committer = GroupCommitter(
         ledger,
-        min(settings.group_commit_max_events, settings.max_batch_events),
+        settings.group_commit_max_events,
         on_commit=metrics.group_size.observe,
     )
     follower = ReadModelFollower(ledger, view, poll_interval=settings.readmodel_poll_seconds)

@@ -53,10 +53,11 @@ class Settings(BaseSettings):
     )
     max_page_size: int = Field(default=1000, ge=1, le=10_000)
     group_commit_max_events: int = Field(
-        default=500,
+        default=2000,
         ge=1,
         le=10_000,
-        description="Most single-event requests combined into one ledger transaction.",
+        description="Most events that concurrent requests combine into one ledger "
+        "transaction (a larger batch request goes alone).",
     )
     readmodel_poll_seconds: float = Field(
         default=0.2, gt=0, description="How often the read model polls for other writers."

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -289,7 +288,8 @@ class Ledger(Application[UUID]):
                 self.snapshots.put([TenantLog.Snapshot.take(aggregate)])
 
     def _id_key(self, event_id: str) -> bytes:
-        return hmac.digest(self._id_secret, event_id.encode(), "sha256")
+        # Keyed BLAKE2b is a MAC, and a third of the cost of OpenSSL 3's HMAC per call.
+        return hashlib.blake2b(event_id.encode(), key=self._id_secret, digest_size=32).digest()
 
     # -- queries ----------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Two additions to the library's recorders, both inside the transaction that stores the
 events, so they are atomic with them:
 
-- an index of event ids (keyed HMAC of the client id, never the id in clear) to the
+- an index of event ids (keyed BLAKE2b MAC of the client id, never the id in clear) to the
   seq they were recorded at, whose primary key refuses a reused id even when two
   writers race;
 - on PostgreSQL, the batch goes in with binary ``COPY`` under the library's table lock
