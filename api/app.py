@@ -218,7 +218,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Kept on the app rather than in dependency_overrides: any override makes FastAPI
     # re-resolve every dependency's signature on every request.
     app.state.settings = settings
-    max_body = (settings or get_settings()).max_body_bytes
+    effective = settings or get_settings()
+    # Here, not only in `vigil serve`: each uvicorn worker process builds its own app.
+    configure_logging(effective.log_level)
+    max_body = effective.max_body_bytes
     for router in (events.router, keys.router, verify.router, health.router):
         app.include_router(router)
     errors.install(app)

@@ -1,10 +1,11 @@
 """Group commit: writes that arrive together are recorded in one ledger transaction.
 
-Each tenant has at most one ledger call in flight from this process. Requests that
-arrive while it runs wait in the tenant's queue and go together in the next call, so
-there is no added delay when traffic is light and one transaction per round trip, not
-per request, when it is heavy. It also keeps concurrent batches of one tenant from
-racing each other for the log's head (a lost race costs a reload and a re-hash).
+Requests that arrive while a tenant's ledger call runs wait in the tenant's queue and
+go together in the next call, so there is no added delay when traffic is light and one
+transaction per round trip, not per request, when it is heavy. The next call starts as
+soon as the running one has chained its batch in memory: it hashes its batch after that
+one while that one commits (``Ledger.record_prepared`` stores it only once that one is
+stored). Calls of one process thus never race each other for the log's head.
 
 Requests arrive prepared (validated, ids keyed) by ``Ledger.prepare``, outside the
 queue: a malformed event fails its own request only, and preparing the next requests
@@ -40,6 +41,8 @@ class GroupCommitter:
     """Most events per combined call (a larger batch request goes alone)."""
     on_commit: Callable[[int], None] | None = None
     """Told how many requests each ledger call recorded (for metrics)."""
+    pipeline_depth: int = 2
+    """Ledger calls in flight per tenant: one committing while the next is hashed."""
     _queues: dict[str, list[_Pending]] = field(default_factory=dict)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -65,32 +68,56 @@ class GroupCommitter:
     async def _drain(self, tenant: str) -> None:
         try:
             queue = self._queues[tenant]
-            while queue:
-                group = self._take_group(queue)
-                try:
-                    outcomes = await run_in_threadpool(self._record_group, [p.batch for p in group])
-                except BaseException as error:  # storage down: every waiter hears it
-                    outcomes = [error] * len(group)
-                for pending, outcome in zip(group, outcomes, strict=True):
-                    if pending.future.done():  # the caller went away
-                        continue
-                    if isinstance(outcome, BaseException):
-                        pending.future.set_exception(outcome)
-                    else:
-                        pending.future.set_result(outcome)
+            running: list[asyncio.Task[None]] = []
+            while queue or running:
+                if queue and len(running) < self.pipeline_depth:
+                    chained = asyncio.Event()
+                    running.append(asyncio.create_task(self._commit(queue, chained)))
+                    # The next group is taken once this one is chained in memory: it is
+                    # then hashed while this one commits, and holds what arrived since.
+                    waiter = asyncio.create_task(chained.wait())
+                    await asyncio.wait((running[-1], waiter), return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                else:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running = [task for task in running if not task.done()]
         finally:
             del self._tasks[tenant]
             if not self._queues.get(tenant):
                 self._queues.pop(tenant, None)
 
-    def _record_group(self, requests: list[PreparedBatch]) -> list[Outcome]:
+    async def _commit(self, queue: list[_Pending], chained: asyncio.Event) -> None:
+        group = self._take_group(queue)
+        loop = asyncio.get_running_loop()
+
+        def on_chained() -> None:
+            loop.call_soon_threadsafe(chained.set)
+
+        try:
+            outcomes = await run_in_threadpool(
+                self._record_group, [p.batch for p in group], on_chained
+            )
+        except BaseException as error:  # storage down: every waiter hears it
+            outcomes = [error] * len(group)
+        for pending, outcome in zip(group, outcomes, strict=True):
+            if pending.future.done():  # the caller went away
+                continue
+            if isinstance(outcome, BaseException):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    def _record_group(
+        self, requests: list[PreparedBatch], on_chained: Callable[[], None]
+    ) -> list[Outcome]:
         if len(requests) == 1:
-            records = self.ledger.record_prepared(requests[0])
+            records = self.ledger.record_prepared(requests[0], on_chained)
             self._committed(1)
             return [records]
         try:
-            records = self.ledger.record_prepared(PreparedBatch.join(requests))
+            records = self.ledger.record_prepared(PreparedBatch.join(requests), on_chained)
         except (DuplicateEventIdError, InvalidEventError):
+            on_chained()
             return [self._record_alone(batch) for batch in requests]
         self._committed(len(requests))
         outcomes: list[Outcome] = []

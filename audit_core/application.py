@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import random
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,13 +95,13 @@ def _refuse_repeated_ids(tenant: str, contents: list[dict[str, Any]], keys: list
 
 def _append(
     log: TenantLog,
-    keys: list[bytes],
     batch: PreparedBatch,
     known: dict[bytes, int],
     originals: dict[int, Record],
 ) -> tuple[list[Record], list[tuple[UUID, IndexedId]]]:
     """Append the contents whose keys are not ``known``; the batch's records in order,
     and the id index rows of the new ones."""
+    keys = batch.keys
     if known:
         fresh = [index for index, key in enumerate(keys) if key not in known]
         contents = [batch.contents[index] for index in fresh]
@@ -119,6 +121,30 @@ def _append(
         indexed.append((log.id, IndexedId(key, record["seq"])))
         results.append(record)
     return results, indexed
+
+
+class _Append:
+    """A batch chained in memory and on its way to storage: the next batch of the same
+    tenant chains after it, and is stored only if it was."""
+
+    def __init__(self, log: TenantLog):
+        self._head = copy.copy(log)
+        self._head._pending_events = []  # they are this batch's, saved with ``log``
+        self._finished = threading.Event()
+        self.succeeded = False
+
+    def head(self) -> TenantLog:
+        head = copy.copy(self._head)
+        head._pending_events = []
+        return head
+
+    def finish(self) -> None:
+        self._finished.set()
+
+    def stored(self) -> bool:
+        """Wait until this batch is stored or has failed; whether it was stored."""
+        self._finished.wait()
+        return self.succeeded
 
 
 _RECORDERS = {
@@ -161,6 +187,8 @@ class Ledger(Application[UUID]):
         self.ledger_recorder  # noqa: B018 - refuse an unsupported persistence module now
         secret = self.env.get("CIPHER_KEY") or "vigil-event-id-index"
         self._id_secret = hashlib.sha256(b"vigil id index\x00" + secret.encode()).digest()
+        self._appends_lock = threading.Lock()
+        self._latest_appends: dict[str, _Append] = {}
 
     # -- construction ---------------------------------------------------------------
 
@@ -208,8 +236,16 @@ class Ledger(Application[UUID]):
         _refuse_repeated_ids(tenant, batch.contents, keys)
         return PreparedBatch(tenant, batch.contents, keys, batch.with_floats)
 
-    def record_prepared(self, batch: PreparedBatch) -> list[Record]:
-        """``record`` of a batch that ``prepare`` has validated."""
+    def record_prepared(
+        self, batch: PreparedBatch, on_chained: Callable[[], None] | None = None
+    ) -> list[Record]:
+        """``record`` of a batch that ``prepare`` has validated.
+
+        Calls for one tenant may overlap: a call chains its batch in memory after the
+        batch of the call before it, and stores it once that one is stored, so the
+        hashing of one batch runs while the previous one commits. ``on_chained`` is
+        told when this batch is chained (the moment to start the next call).
+        """
         tenant, contents, keys = batch.tenant, batch.contents, batch.keys
         log_id = tenant_log_id(tenant)
         # The first attempt assumes the ids are new and lets the id index's primary
@@ -229,17 +265,33 @@ class Ledger(Application[UUID]):
                             index,
                             f"is already recorded at seq {known[key]} with different content",
                         )
-            log = self._load_or_open(tenant, fresh=attempt > 1)
-            results, indexed = _append(log, keys, batch, known, originals)
-            if not indexed:
+            with self._appends_lock:
+                previous = self._latest_appends.get(tenant) if attempt == 1 else None
+                log = previous.head() if previous else self._load_or_open(tenant, fresh=attempt > 1)
+                results, indexed = _append(log, batch, known, originals)
+                this = _Append(log) if indexed else None
+                if this is not None:
+                    self._latest_appends[tenant] = this
+            if on_chained is not None:
+                on_chained()
+                on_chained = None
+            if this is None:
                 return results
             try:
+                if previous is not None and not previous.stored():
+                    raise IntegrityError("the batch chained before this one was not stored")
                 self.save(log, indexed_ids=indexed)
+                this.succeeded = True
             except IntegrityError:
                 # Another writer appended first, or one of the ids is recorded already.
                 if attempt > 1:
                     time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
                 continue
+            finally:
+                this.finish()
+                with self._appends_lock:
+                    if self._latest_appends.get(tenant) is this:
+                        del self._latest_appends[tenant]
             return results
         raise LedgerBusyError(tenant, self.max_append_attempts)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -25,11 +27,13 @@ class GatedCommitter:
         self.gate = threading.Event()
         committer._record_group = self.record_group  # type: ignore[method-assign]
 
-    def record_group(self, requests: list[PreparedBatch]) -> list[Any]:
+    def record_group(
+        self, requests: list[PreparedBatch], on_chained: Callable[[], None]
+    ) -> list[Any]:
         self.calls.append(sum(len(batch) for batch in requests))
         if len(self.calls) == 1:
             self.gate.wait(timeout=30)
-        return self.original(requests)
+        return self.original(requests, on_chained)
 
     def waiting(self, api: Api) -> int:
         """Events in the gated first group plus those queued behind it."""
@@ -50,7 +54,9 @@ async def _post_concurrently(
             for body in bodies
         ]
         # Open the gate once every other request waits behind the first commit.
+        deadline = time.monotonic() + 30
         while gated.waiting(api) < len(bodies) - expect_refused:
+            assert time.monotonic() < deadline, "the requests never queued behind the gate"
             await asyncio.sleep(0.01)
         gated.gate.set()
         return list(await asyncio.gather(*tasks))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -339,3 +341,40 @@ def test_a_ledger_with_another_key_cannot_pass_off_the_log_as_verified(store: St
     report = verify_tenant(store.open_ledger(encryption_key=other_key), "acme")
     assert report.problem is not None
     assert (report.problem.seq, report.problem.reason.value) == (0, "undecodable")
+
+
+def test_a_batch_chained_after_one_that_fails_is_stored_in_its_place(store: Store) -> None:
+    ledger = store.open_ledger()
+    ledger.record("acme", [audit_event("taken")])
+    other: dict[str, list[dict[str, Any]]] = {}
+    other_chained = threading.Event()
+
+    def record_other() -> None:
+        batch = ledger.prepare("acme", audit_events(3, "other"))
+        other["records"] = ledger.record_prepared(batch, other_chained.set)
+
+    thread = threading.Thread(target=record_other)
+
+    def start_other_after_this_one() -> None:
+        thread.start()
+        assert other_chained.wait(timeout=10)
+
+    refused = ledger.prepare("acme", [audit_event("taken", outcome="failure")])
+    with pytest.raises(DuplicateEventIdError):
+        ledger.record_prepared(refused, start_other_after_this_one)
+    thread.join(timeout=10)
+    assert [record["seq"] for record in other["records"]] == [1, 2, 3]
+    assert_valid_chain(ledger.read("acme"), "acme")
+    assert verify_tenant(ledger, "acme").ok
+
+
+def test_overlapping_calls_of_one_process_keep_one_chain(store: Store) -> None:
+    ledger = store.open_ledger()
+    ledger.record("acme", audit_events(1, "first"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        batches = [audit_events(50, f"t{n}") for n in range(12)]
+        list(pool.map(lambda events: ledger.record("acme", events), batches))
+    records = ledger.read("acme", limit=1000)
+    assert len(records) == 1 + 12 * 50
+    assert_valid_chain(records, "acme")
+    assert verify_tenant(ledger, "acme").ok
