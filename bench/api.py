@@ -215,7 +215,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--trail", type=int, default=1_000_000, help="events in the trail")
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--batch-clients", type=int, default=4, help="connections for batches")
+    parser.add_argument(
+        "--batch-clients",
+        type=int,
+        default=8,
+        help="connections sending batches, one at a time each",
+    )
     parser.add_argument("--single-events", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--queries", type=int, default=100, help="per query shape")
