@@ -341,34 +341,29 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
         )
         return notification_ids
 
-    def lookup_ids(self, log_id: UUID, keys: Sequence[bytes]) -> dict[bytes, int]:
-        found: dict[bytes, int] = {}
+    def _select_in(self, statement: str, log_id: UUID, values: Sequence[Any]) -> list[Any]:
+        """Rows of ``statement`` (whose ``{marks}`` is an IN list) for all ``values``."""
+        rows: list[Any] = []
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(keys), self._LOOKUP_CHUNK):
-                chunk = list(keys[start : start + self._LOOKUP_CHUNK])
-                marks = ",".join("?" * len(chunk))
-                c.execute(
-                    f"SELECT id_key, seq FROM {self.ids_table_name} "
-                    f"WHERE originator_id = ? AND id_key IN ({marks})",
-                    [log_id.hex, *chunk],
-                )
-                for row in c.fetchall():
-                    found[row["id_key"]] = row["seq"]
-        return found
+            for start in range(0, len(values), self._LOOKUP_CHUNK):
+                chunk = list(values[start : start + self._LOOKUP_CHUNK])
+                c.execute(statement.format(marks=",".join("?" * len(chunk))), [log_id.hex, *chunk])
+                rows += c.fetchall()
+        return rows
+
+    def lookup_ids(self, log_id: UUID, keys: Sequence[bytes]) -> dict[bytes, int]:
+        statement = (
+            f"SELECT id_key, seq FROM {self.ids_table_name} "
+            "WHERE originator_id = ? AND id_key IN ({marks})"
+        )
+        return {row[0]: row[1] for row in self._select_in(statement, log_id, keys)}
 
     def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
-        found: dict[int, bytes] = {}
-        with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(versions), self._LOOKUP_CHUNK):
-                chunk = list(versions[start : start + self._LOOKUP_CHUNK])
-                marks = ",".join("?" * len(chunk))
-                c.execute(
-                    f"SELECT originator_version, state FROM {self.events_table_name} "
-                    f"WHERE originator_id = ? AND originator_version IN ({marks})",
-                    [log_id.hex, *chunk],
-                )
-                found.update((row[0], row[1]) for row in c.fetchall())
-        return found
+        statement = (
+            f"SELECT originator_version, state FROM {self.events_table_name} "
+            "WHERE originator_id = ? AND originator_version IN ({marks})"
+        )
+        return {row[0]: row[1] for row in self._select_in(statement, log_id, versions)}
 
     def record_pages(self, log_id: UUID) -> Iterator[Page]:
         after = 0
