@@ -388,9 +388,7 @@ class ReadModelFollower:
     """Keeps a :class:`TrailView` up to date with a ledger, in a background thread.
 
     It polls the notification log every ``poll_interval`` seconds when idle; ``nudge()``
-    (called by the API after each write) wakes it, and it lets ``settle_seconds`` pass
-    before reading, so that a stream of small writes is applied in a few larger
-    transactions rather than one per write.
+    (called by the API after each write) wakes it at once.
     """
 
     def __init__(
@@ -400,13 +398,11 @@ class ReadModelFollower:
         *,
         poll_interval: float = 0.2,
         page_size: int = 2000,
-        settle_seconds: float = 0.05,
     ):
         self.ledger = ledger
         self.view = view
         self.poll_interval = poll_interval
         self.page_size = page_size
-        self.settle_seconds = settle_seconds
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -479,6 +475,5 @@ class ReadModelFollower:
                 log.warning("read model follower failed (%s), retrying: %s", failures, error)
                 self._stopping.wait(min(5.0, 0.1 * 2**failures))
                 continue
-            if self._wake.wait(self.poll_interval):
-                self._stopping.wait(self.settle_seconds)
+            self._wake.wait(self.poll_interval)
             self._wake.clear()
