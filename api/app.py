@@ -216,6 +216,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("stopped")
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for forwarded headers: believed from ``VIGIL_TRUSTED_PROXIES``
+    only. uvicorn's own default believes them from 127.0.0.1, which would let any
+    process on the server's host choose the address that a key's allowlist checks."""
+    proxies = settings.trusted_proxies
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or None}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; ``settings`` (else ``get_settings()``) is read when the lifespan starts."""
     app = FastAPI(

@@ -312,7 +312,7 @@ def serve(
     """Run the HTTP API (uvicorn) on the configured database."""
     import uvicorn
 
-    from api.app import configure_logging
+    from api.app import configure_logging, proxy_options
 
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -334,6 +334,7 @@ def serve(
             workers=workers or settings.workers,
             log_level=settings.log_level,
             access_log=False,
+            **proxy_options(settings),
         )
     finally:
         if follower is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -71,6 +72,12 @@ class Settings(BaseSettings):
         description="How long a verified API key is trusted without reading it again; "
         "a revocation by another process takes effect within this time.",
     )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks of reverse proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are believed; empty: nobody's, and the "
+        "peer's address is the client's (the one a key's network allowlist checks).",
+    )
     log_level: str = Field(default="info")
     readyz_timeout_seconds: float = Field(default=2.0, gt=0)
 
@@ -97,6 +104,19 @@ class Settings(BaseSettings):
         if len(key) != 32:
             raise ValueError(f"VIGIL_ENCRYPTION_KEY decodes to {len(key)} bytes; AES-256 needs 32")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"VIGIL_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+                ) from None
+        return ",".join(entries)
 
     def redacted_database_url(self) -> str:
         """The database URL with its password masked, for messages and logs."""

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
-from api.app import create_app
+from api.app import create_app, proxy_options
 from api.keys import KeyStore
 from tests.events import audit_event, audit_events
 from tests.stores import Store
 
 
-@pytest.fixture
-def server(store: Store) -> Iterator[tuple[str, Store]]:
+@contextlib.contextmanager
+def running(store: Store, **fields: Any) -> Iterator[str]:
+    """The app on a loopback port, configured as ``vigil serve`` configures uvicorn."""
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    settings = store.settings(readmodel_poll_seconds=0.05, key_cache_seconds=0)
+    settings = store.settings(readmodel_poll_seconds=0.05, key_cache_seconds=0, **fields)
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        **proxy_options(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -33,9 +41,17 @@ def server(store: Store) -> Iterator[tuple[str, Store]]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         assert thread.is_alive(), "uvicorn stopped while starting"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def server(store: Store) -> Iterator[tuple[str, Store]]:
+    with running(store) as url:
+        yield url, store
 
 
 def test_events_go_in_and_come_out_over_a_real_socket(server: tuple[str, Store]) -> None:
@@ -62,3 +78,27 @@ def test_events_go_in_and_come_out_over_a_real_socket(server: tuple[str, Store])
         assert [i["seq"] for i in items] == list(range(10, -1, -1))
         assert client.get("/v1/events/evt-3").json()["seq"] == 4
         assert client.get("/v1/events", headers={"Authorization": "Bearer x"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("trusted_proxies", "status"),
+    [("", 403), ("127.0.0.1", 201), ("10.0.0.0/8, 127.0.0.0/8", 201)],
+)
+def test_a_forwarded_address_counts_only_from_a_trusted_proxy(
+    store: Store, trusted_proxies: str, status: int
+) -> None:
+    keys = KeyStore(store.settings().ledger_env())
+    try:
+        _, token = keys.create("acme", ["ingest"], networks=["203.0.113.0/24"])
+    finally:
+        keys.close()
+    with (
+        running(store, trusted_proxies=trusted_proxies) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        answer = client.post(
+            "/v1/events",
+            json=audit_event("fwd-1"),
+            headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.9"},
+        )
+    assert answer.status_code == status, answer.text

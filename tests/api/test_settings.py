@@ -119,3 +119,11 @@ def test_settings_are_read_from_vigil_environment_variables(
 def test_limits_below_their_floor_are_refused() -> None:
     with pytest.raises(ValidationError, match="max_event_bytes"):
         Settings(max_event_bytes=10)
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    assert Settings(trusted_proxies=" 10.0.0.0/8 ,127.0.0.1,").trusted_proxies == (
+        "10.0.0.0/8,127.0.0.1"
+    )
+    with pytest.raises(ValueError, match=r"'proxy\.internal' is not an IP address or network"):
+        Settings(trusted_proxies="10.0.0.1,proxy.internal")
