@@ -42,9 +42,22 @@ def _unauthorized(services: Services, detail: str) -> HTTPException:
     )
 
 
-def forbidden(services: Services, detail: str) -> HTTPException:
+class AccessDenied(HTTPException):
+    """403 for a valid key used beyond its network, roles or tenant. It is recorded, in
+    the key's own tenant, as ``access.denied`` (``api.errors``): a key tried where it
+    may not go is what an auditor most wants to see."""
+
+    def __init__(self, key: ApiKey, detail: str, tenant: str | None = None):
+        super().__init__(status.HTTP_403_FORBIDDEN, detail)
+        self.key = key
+        self.tenant = tenant
+
+
+def forbidden(
+    services: Services, key: ApiKey, detail: str, tenant: str | None = None
+) -> AccessDenied:
     services.metrics.auth_failures.labels("403").inc()
-    return HTTPException(status.HTTP_403_FORBIDDEN, detail)
+    return AccessDenied(key, detail, tenant)
 
 
 async def current_key(
@@ -63,7 +76,9 @@ async def current_key(
     if key.is_expired():
         raise _unauthorized(services, f"API key {key.key_id} has expired")
     if not key.allows_address(client_ip(request)):
-        raise forbidden(services, f"API key {key.key_id} may not be used from {client_ip(request)}")
+        raise forbidden(
+            services, key, f"API key {key.key_id} may not be used from {client_ip(request)}"
+        )
     request.state.key_id = key.key_id
     return key
 
@@ -77,6 +92,7 @@ def requires(permission: Permission) -> Callable[..., Awaitable[ApiKey]]:
             roles = ", ".join(key.roles)
             raise forbidden(
                 services,
+                key,
                 f"API key {key.key_id} ({roles}) may not {permission.value.replace('_', ' ')}",
             )
         return key
@@ -104,5 +120,7 @@ def tenant_of(key: ApiKey, tenant: str | None, services: Services) -> str:
     if tenant is None or tenant == key.tenant:
         return key.tenant
     if not key.can_access(tenant):
-        raise forbidden(services, f"API key {key.key_id} may not act on tenant {tenant!r}")
+        raise forbidden(
+            services, key, f"API key {key.key_id} may not act on tenant {tenant!r}", tenant
+        )
     return tenant

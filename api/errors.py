@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import structlog
 from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from api.dependencies import AccessDenied, client_ip
 from api.keys import ApiKeyNotFoundError, InvalidKeySpecError
 from audit_core import (
     DuplicateEventIdError,
@@ -22,6 +24,8 @@ from audit_core import (
     TenantNotFoundError,
 )
 from audit_core.readmodel import InvalidQueryError
+
+log = structlog.get_logger("vigil.api")
 
 
 def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> Response:
@@ -83,6 +87,29 @@ async def _bad_key_spec(request: Request, error: Exception) -> Response:
     return problem(422, str(error), [{"index": 0, "field": error.field, "message": str(error)}])
 
 
+async def _access_denied(request: Request, error: Exception) -> Response:
+    assert isinstance(error, AccessDenied)
+    route = request.scope.get("route")
+    metadata: dict[str, Any] = {"reason": error.detail, "path": request.url.path}
+    if error.tenant is not None:
+        metadata["requested_tenant"] = error.tenant
+    try:
+        await request.app.state.services.audit(
+            error.key,
+            error.key.tenant,
+            "access.denied",
+            target={"type": "api_route", "id": f"{request.method} {getattr(route, 'path', '')}"},
+            metadata=metadata,
+            ip=client_ip(request),
+            user_agent=request.headers.get("user-agent"),
+            request_id=request.scope.get("state", {}).get("request_id"),
+            outcome="denied",
+        )
+    except Exception as failure:  # the refusal stands; only its record is missing
+        log.warning("refusal not recorded", key_id=error.key.key_id, error=repr(failure))
+    return problem(403, error.detail)
+
+
 def _count(request: Request, reason: str) -> None:
     if request.method == "POST" and request.url.path == "/v1/events":
         request.app.state.services.metrics.ingest_errors.labels(reason).inc()
@@ -98,3 +125,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(PersistenceError, _storage)
     app.add_exception_handler(InvalidQueryError, _bad_query)
     app.add_exception_handler(InvalidKeySpecError, _bad_key_spec)
+    app.add_exception_handler(AccessDenied, _access_denied)

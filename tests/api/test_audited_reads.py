@@ -41,3 +41,33 @@ def test_reads_and_key_changes_are_recorded_with_the_key_as_actor(api: Api) -> N
         "items"
     ]
     assert "audit.query" in [item["action"] for item in visible]
+
+
+def test_refusals_are_recorded_in_the_key_s_own_tenant(api: Api) -> None:
+    api.client.post("/v1/events", json=audit_event("g-1"), headers=api.headers("globex", "ingest"))
+    analyst, headers = api.key("acme", "analyst")
+    fenced, fenced_headers = api.key("acme", "ingest", networks=["203.0.113.0/24"])
+    headers = {**headers, "X-Request-ID": "req-denied"}
+
+    wrong_role = api.client.post("/v1/events", json=audit_event("a-1"), headers=headers)
+    other_tenant = api.client.get("/v1/events", params={"tenant": "globex"}, headers=headers)
+    wrong_network = api.client.post("/v1/events", json=audit_event("a-2"), headers=fenced_headers)
+    assert [wrong_role.status_code, other_tenant.status_code, wrong_network.status_code] == [
+        403,
+        403,
+        403,
+    ]
+
+    denied = [r for r in api.trail("acme") if r["action"] == "access.denied"]
+    assert [(r["actor"]["id"], r["target"]["id"], r["outcome"]) for r in denied] == [
+        (analyst.key_id, "POST /v1/events", "denied"),
+        (analyst.key_id, "GET /v1/events", "denied"),
+        (fenced.key_id, "POST /v1/events", "denied"),
+    ]
+    assert denied[0]["metadata"]["reason"] == wrong_role.json()["detail"]
+    assert denied[0]["request_id"] == "req-denied"
+    assert denied[1]["metadata"]["requested_tenant"] == "globex"
+    assert "may not be used from" in denied[2]["metadata"]["reason"]
+    # Nothing of the attempt lands in the tenant it was aimed at, and nothing was ingested.
+    assert [r["id"] for r in api.trail("globex")] == ["g-1"]
+    assert not [r for r in api.trail("acme") if r["id"] in ("a-1", "a-2")]
