@@ -134,11 +134,23 @@ class LedgerRecorder:
         """The stored states of those of ``versions`` that a log holds, in one query."""
         raise NotImplementedError
 
+    def recorded_after(self, position: int, limit: int) -> Notes:
+        """The next ``limit`` ``Recorded`` events of every log after notification id
+        ``position``, in notification order: what a follower of the ledger reads."""
+        raise NotImplementedError
+
 
 class Page(NamedTuple):
     """Consecutive stored records of one log: their versions and states, in order."""
 
     versions: Sequence[int]
+    states: Sequence[bytes]
+
+
+class Notes(NamedTuple):
+    """Consecutive notifications: their ids and the states of their stored events."""
+
+    ids: Sequence[int]
     states: Sequence[bytes]
 
 
@@ -227,6 +239,13 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             "SELECT originator_version, state FROM {schema}.{events} "
             "WHERE originator_id = %s AND originator_version = ANY(%s)"
         ).format(schema=schema, events=events)
+        self.recorded_after_statement = SQL(
+            "SELECT array_agg(notification_id ORDER BY notification_id) AS ids, "
+            "array_agg(state ORDER BY notification_id) AS states FROM ("
+            "SELECT notification_id, state FROM {schema}.{events} "
+            "WHERE notification_id > %s AND topic = %s ORDER BY notification_id LIMIT %s"
+            ") AS page"
+        ).format(schema=schema, events=events)
         self.next_version_statement = SQL(
             "SELECT min(originator_version) AS next FROM {schema}.{events} "
             "WHERE originator_id = %s AND originator_version > %s"
@@ -283,6 +302,17 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
         with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
             curs.execute(self.select_states_statement, (log_id, list(versions)), prepare=True)
             return {row["originator_version"]: row["state"] for row in curs.fetchall()}
+
+    def recorded_after(self, position: int, limit: int) -> Notes:
+        # Two arrays, parsed in C, instead of a row and a Notification object per event.
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
+            curs.execute(
+                self.recorded_after_statement, (position, RECORDED_TOPIC, limit), prepare=True
+            )
+            row = curs.fetchone()
+        if row is None or row["ids"] is None:
+            return Notes([], [])
+        return Notes(row["ids"], row["states"])
 
     def _read_pages(self, log_id: UUID) -> Generator[Page]:
         after = 0
@@ -364,6 +394,12 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
             "WHERE originator_id = ? AND originator_version IN ({marks})"
         )
         return {row[0]: row[1] for row in self._select_in(statement, log_id, versions)}
+
+    def recorded_after(self, position: int, limit: int) -> Notes:
+        notifications = self.select_notifications(
+            position, limit, topics=[RECORDED_TOPIC], inclusive_of_start=False
+        )
+        return Notes([n.id for n in notifications], [n.state for n in notifications])
 
     def record_pages(self, log_id: UUID) -> Iterator[Page]:
         after = 0

@@ -442,19 +442,13 @@ class ReadModelFollower:
 
     def run_once(self, position: int) -> tuple[int, int]:
         """Apply one page after ``position``; return the new position and the page size."""
-        notifications = self.ledger.recorder.select_notifications(
-            start=position,
-            limit=self.page_size,
-            topics=[RECORDED_TOPIC],
-            inclusive_of_start=False,
-        )
-        if not notifications:
+        notes = self.ledger.ledger_recorder.recorded_after(position, self.page_size)
+        if not notes.ids:
             return position, 0
         decode = self.ledger.ledger_mapper.decode_recorded
-        rows = [to_row(decode(notification.state)["record"]) for notification in notifications]
-        last = notifications[-1].id
-        self.view.project(rows, Tracking(self.app_name, last))
-        return last, len(rows)
+        rows = [to_row(decode(state)["record"]) for state in notes.states]
+        self.view.project(rows, Tracking(self.app_name, notes.ids[-1]))
+        return notes.ids[-1], len(rows)
 
     def _run(self) -> None:
         position: int | None = None
