@@ -229,9 +229,20 @@ class Ledger(Application[UUID]):
         """
         return self.record_prepared(self.prepare(tenant, events))
 
-    def prepare(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> PreparedBatch:
-        """Validate a batch and key its ids; refuses an id used twice in it."""
-        batch = normalise_events(events, tenant, datetime.now(UTC), self.limits)
+    def prepare(
+        self,
+        tenant: str,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        schema_checked: bool = False,
+    ) -> PreparedBatch:
+        """Validate a batch and key its ids; refuses an id used twice in it.
+
+        ``schema_checked``: the events come from ``schema.checked_events``.
+        """
+        batch = normalise_events(
+            events, tenant, datetime.now(UTC), self.limits, schema_checked=schema_checked
+        )
         keys = [self._id_key(content["id"]) for content in batch.contents]
         _refuse_repeated_ids(tenant, batch.contents, keys)
         return PreparedBatch(tenant, batch.contents, keys, batch.with_floats)

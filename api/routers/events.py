@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -27,12 +27,14 @@ from api.dependencies import (
 from api.keys import ApiKey
 from api.schemas import ERRORS, AuditRecord, ErrorBody, RecordBatch, RecordPage
 from api.services import Services
+from audit_core import PreparedBatch
 from audit_core.exceptions import FieldProblem, InvalidEventError
 from audit_core.readmodel import InvalidQueryError, TrailQuery, decode_cursor
 from audit_core.schema import (
     ACTION_PATTERN,
     Outcome,
     Source,
+    checked_events,
     format_timestamp,
 )
 
@@ -90,43 +92,58 @@ async def record_events(
     """
     tenant = tenant_of(key, tenant, services)
     started = format_timestamp(datetime.now(UTC))
-    body = await request.body()
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        services.metrics.ingest_errors.labels("invalid").inc()
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            f"body: not valid JSON ({error})",
-        ) from None
-    limits = services.ledger.limits
-    if isinstance(payload, dict):
+    body = (await request.body()).lstrip(b" \t\r\n")
+    if body[:1] == b"{":
         # Prepared here, so a bad event fails its own request and not its group.
-        [record] = await services.record(services.ledger.prepare(tenant, [payload]))
+        [record] = await services.record(_prepare(services, tenant, body, batch=False))
         services.metrics.ingested.labels("single").inc()
         replay = record["received_at"] < started
         return _json(orjson.dumps(record), 200 if replay else 201)
-    if isinstance(payload, list):
-        if len(payload) > limits.max_batch_events:
-            raise InvalidEventError(
-                [
-                    FieldProblem(
-                        0,
-                        "body",
-                        f"batch of {len(payload)} events exceeds the limit of "
-                        f"{limits.max_batch_events} (VIGIL_MAX_BATCH_EVENTS)",
-                    )
-                ]
-            )
-        # In a worker thread: a batch is validated while another commits.
-        prepared = await run_in_threadpool(services.ledger.prepare, tenant, payload)
-        records = await services.record(prepared)
-        services.metrics.ingested.labels("batch").inc(len(records))
-        replay = all(r["received_at"] < started for r in records)
-        return _json(orjson.dumps({"records": records}), 200 if replay else 201)
-    raise InvalidEventError(
-        [FieldProblem(0, "body", "must be an event (JSON object) or a batch (JSON array)")]
-    )
+    if body[:1] != b"[":
+        _parse(services, body)  # says what is wrong with it if it is not JSON at all
+        raise InvalidEventError(
+            [FieldProblem(0, "body", "must be an event (JSON object) or a batch (JSON array)")]
+        )
+    # In a worker thread: a batch is parsed and validated while another commits.
+    prepared = await run_in_threadpool(_prepare, services, tenant, body, batch=True)
+    records = await services.record(prepared)
+    services.metrics.ingested.labels("batch").inc(len(records))
+    replay = all(r["received_at"] < started for r in records)
+    return _json(orjson.dumps({"records": records}), 200 if replay else 201)
+
+
+def _parse(services: Services, body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        services.metrics.ingest_errors.labels("invalid").inc()
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"body: not valid JSON ({error})"
+        ) from None
+
+
+def _prepare(services: Services, tenant: str, body: bytes, *, batch: bool) -> PreparedBatch:
+    """The body's events, validated and keyed. Valid ones are parsed and checked in one
+    pass; the others are parsed and validated event by event, which names every
+    problem (or says that the body is not JSON)."""
+    events: Sequence[Any] | None = checked_events(body, batch=batch)
+    schema_checked = events is not None
+    if events is None:
+        payload = _parse(services, body)
+        events = payload if batch else [payload]
+    limit = services.ledger.limits.max_batch_events
+    if len(events) > limit:
+        raise InvalidEventError(
+            [
+                FieldProblem(
+                    0,
+                    "body",
+                    f"batch of {len(events)} events exceeds the limit of {limit} "
+                    "(VIGIL_MAX_BATCH_EVENTS)",
+                )
+            ]
+        )
+    return services.ledger.prepare(tenant, events, schema_checked=schema_checked)
 
 
 def _timestamp(name: str, value: str | None) -> str | None:

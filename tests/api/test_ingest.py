@@ -130,6 +130,36 @@ def test_a_body_that_is_not_json_or_not_events_is_refused(api: Api) -> None:
     assert api.size("acme") == 0
 
 
+@pytest.mark.parametrize(
+    "number",
+    [b"12345678901234567890123456789", b"9007199254740993", b"1e400", b"NaN", b"-Infinity"],
+)
+def test_a_number_json_cannot_carry_exactly_is_refused_alone_or_in_a_batch(
+    api: Api, number: bytes
+) -> None:
+    headers = {**api.headers("acme", "ingest"), "Content-Type": "application/json"}
+    event = orjson.dumps(audit_event("big", metadata={"amount": 0})).replace(b"0}", number + b"}")
+    batch = b"[" + orjson.dumps(audit_event("ok")) + b"," + event + b"]"
+    for body, index in ((event, 0), (batch, 1)):
+        response = api.client.post("/v1/events", content=body, headers=headers)
+        assert response.status_code == 422, response.text
+        [problem] = response.json()["problems"]
+        assert (problem["index"], problem["field"]) == (index, "metadata")
+    assert api.size("acme") == 0
+
+
+def test_a_body_may_start_with_whitespace(api: Api) -> None:
+    headers = {**api.headers("acme", "ingest"), "Content-Type": "application/json"}
+    batch = api.client.post(
+        "/v1/events", content=b"\n  " + orjson.dumps(audit_events(2)), headers=headers
+    )
+    single = api.client.post(
+        "/v1/events", content=b"\t" + orjson.dumps(audit_event("s-1")), headers=headers
+    )
+    assert (batch.status_code, single.status_code) == (201, 201)
+    assert [r["id"] for r in api.trail("acme")] == ["evt-0", "evt-1", "s-1"]
+
+
 def test_the_limits_are_documented_in_the_openapi_schema(api: Api) -> None:
     schema = api.client.get("/openapi.json").json()
     assert "VIGIL_MAX_BODY_BYTES" in schema["info"]["description"]
