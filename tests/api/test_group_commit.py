@@ -71,7 +71,9 @@ def test_concurrent_single_events_are_combined_into_few_transactions(api: Api) -
     seqs = sorted(r.json()["seq"] for r in responses)
     assert seqs == list(range(40))
     assert [r.json()["id"] for r in responses] == [b["id"] for b in bodies]
-    assert len(gated.calls) == 2  # the first arrivals, then everyone queued behind them
+    # The first arrivals, then everyone queued behind them (or all of them at once, if
+    # they all queued before the first group was taken).
+    assert len(gated.calls) in (1, 2)
     assert sum(gated.calls) == 40
     assert api.size("acme") == 40
 
@@ -103,5 +105,5 @@ def test_a_malformed_event_never_joins_a_group(api: Api) -> None:
     responses = asyncio.run(_post_concurrently(api, gated, bodies, headers, expect_refused=1))
     assert responses[2].status_code == 422
     assert [r.status_code for i, r in enumerate(responses) if i != 2] == [201] * 6
-    assert len(gated.calls) == 2
+    assert len(gated.calls) in (1, 2)
     assert sum(gated.calls) == 6
