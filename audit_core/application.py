@@ -34,6 +34,7 @@ from audit_core.persistence import (
     LedgerRecorder,
     PostgresLedgerRecorder,
     SQLiteLedgerRecorder,
+    StoreTurn,
 )
 from audit_core.schema import Limits, check_tenant, normalise_events
 
@@ -127,24 +128,15 @@ class _Append:
     """A batch chained in memory and on its way to storage: the next batch of the same
     tenant chains after it, and is stored only if it was."""
 
-    def __init__(self, log: TenantLog):
+    def __init__(self, log: TenantLog, before: _Append | None, patience: float | None):
         self._head = copy.copy(log)
         self._head._pending_events = []  # they are this batch's, saved with ``log``
-        self._finished = threading.Event()
-        self.succeeded = False
+        self.turn: StoreTurn = StoreTurn(before.turn if before else None, patience)
 
     def head(self) -> TenantLog:
         head = copy.copy(self._head)
         head._pending_events = []
         return head
-
-    def finish(self) -> None:
-        self._finished.set()
-
-    def stored(self) -> bool:
-        """Wait until this batch is stored or has failed; whether it was stored."""
-        self._finished.wait()
-        return self.succeeded
 
 
 _RECORDERS = {
@@ -189,6 +181,8 @@ class Ledger(Application[UUID]):
         self._id_secret = hashlib.sha256(b"vigil id index\x00" + secret.encode()).digest()
         self._appends_lock = threading.Lock()
         self._latest_appends: dict[str, _Append] = {}
+        # How long a batch waits for the one chained before it: as long as for a lock.
+        self._turn_patience = float(self.env.get("POSTGRES_LOCK_TIMEOUT") or 0) or 30.0
 
     # -- construction ---------------------------------------------------------------
 
@@ -280,7 +274,7 @@ class Ledger(Application[UUID]):
                 previous = self._latest_appends.get(tenant) if attempt == 1 else None
                 log = previous.head() if previous else self._load_or_open(tenant, fresh=attempt > 1)
                 results, indexed = _append(log, batch, known, originals)
-                this = _Append(log) if indexed else None
+                this = _Append(log, previous, self._turn_patience) if indexed else None
                 if this is not None:
                     self._latest_appends[tenant] = this
             if on_chained is not None:
@@ -288,18 +282,18 @@ class Ledger(Application[UUID]):
                 on_chained = None
             if this is None:
                 return results
+            stored = False
             try:
-                if previous is not None and not previous.stored():
-                    raise IntegrityError("the batch chained before this one was not stored")
-                self.save(log, indexed_ids=indexed)
-                this.succeeded = True
+                self.save(log, indexed_ids=indexed, turn=this.turn)
+                stored = True
             except IntegrityError:
-                # Another writer appended first, or one of the ids is recorded already.
+                # Another writer appended first, one of the ids is recorded already, or
+                # the batch this one was chained after was not stored.
                 if attempt > 1:
                     time.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
                 continue
             finally:
-                this.finish()
+                this.turn.finish(stored)
                 with self._appends_lock:
                     if self._latest_appends.get(tenant) is this:
                         del self._latest_appends[tenant]

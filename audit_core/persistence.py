@@ -10,6 +10,11 @@ events, so they are atomic with them:
   instead of ``INSERT ... unnest()`` of a text-encoded composite array, which spends
   about a third of a 500-event save escaping values.
 
+A batch chained in memory after another one of the same process is stored in its
+:class:`StoreTurn`: on PostgreSQL its transaction writes the id index rows (the slowest
+part, random keys into a large index) while the batch before commits, and waits for
+that commit only before it takes the table lock.
+
 The mapper writes ``Recorded`` events as plain orjson (the record is JSON already), so
 that recording and verifying do not pay for the generic transcoder.
 """
@@ -27,6 +32,7 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
+    IntegrityError,
     InterfaceError,
     Mapper,
     MapperDeserialisationError,
@@ -114,6 +120,54 @@ class LedgerMapper(Mapper[UUID]):
         domain_event: TenantLog.Recorded = object.__new__(TenantLog.Recorded)
         object.__setattr__(domain_event, "__dict__", state)
         return domain_event
+
+
+class StoreTurn:
+    """A batch's place in the line of batches that one process stores for one tenant.
+
+    The batch before is the one this batch was chained after: this one may be stored
+    only after it, and only if it was stored. Its id index rows may go in before that,
+    but only after the batch before has written its own, so that the two transactions
+    never wait for each other's rows in both directions when an id repeats.
+    """
+
+    def __init__(self, before: StoreTurn | None = None, patience: float | None = None):
+        self._before = before
+        self._patience = patience
+        self._ids_written = threading.Event()
+        self._finished = threading.Event()
+        self._stored = False
+
+    def wait_for_ids_before(self) -> None:
+        before = self._before
+        if before is not None and not before._ids_written.wait(self._patience):
+            raise IntegrityError("the batch chained before this one did not get stored in time")
+
+    def ids_written(self) -> None:
+        self._ids_written.set()
+
+    def wait_for_batch_before(self) -> None:
+        """Return once the batch before is stored; raise if it was not, or not in time.
+
+        The time limit breaks the one cycle PostgreSQL cannot see: another process,
+        holding the table lock, waits for an id row of this transaction while the batch
+        before waits for that lock.
+        """
+        before = self._before
+        if before is not None:
+            if not before.stored(self._patience):
+                raise IntegrityError("the batch chained before this one was not stored")
+            self._before = None  # a line of finished turns must not pile up in memory
+
+    def finish(self, stored: bool) -> None:
+        self._stored = stored
+        self._before = None
+        self._ids_written.set()
+        self._finished.set()
+
+    def stored(self, timeout: float | None = None) -> bool:
+        """Wait until this batch is stored or has failed; whether it was stored."""
+        return self._finished.wait(timeout) and self._stored
 
 
 class LedgerRecorder:
@@ -257,15 +311,29 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         indexed_ids: Sequence[tuple[UUID, IndexedId]] = (),
+        turn: StoreTurn | None = None,
         **kwargs: Any,
     ) -> Sequence[int] | None:
         if not stored_events:
             return None
+        *lock_settings, lock_table = self.lock_table_statements
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            for statement in lock_settings:
+                curs.execute(statement, prepare=True)
+            self._notify_channel(curs)  # delivered at commit, wherever it is sent
+            if turn is not None:
+                turn.wait_for_ids_before()
+            if indexed_ids:
+                with curs.copy(self.copy_ids_statement) as copy:
+                    copy.set_types([self._id_type, "bytea", "int8"])
+                    for log_id, indexed in indexed_ids:
+                        copy.write_row((log_id, indexed.key, indexed.seq))
+            if turn is not None:
+                turn.ids_written()
+                turn.wait_for_batch_before()
             # The table lock keeps commit order equal to notification id order, so
             # followers of the notification log never skip a late-committing batch.
-            self._lock_table(curs)
-            self._notify_channel(curs)
+            curs.execute(lock_table, prepare=True)
             with curs.copy(self.copy_events_statement) as copy:
                 copy.set_types([self._id_type, "int8", "text", "bytea"])
                 for stored in stored_events:
@@ -277,11 +345,6 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
                             stored.state,
                         )
                     )
-            if indexed_ids:
-                with curs.copy(self.copy_ids_statement) as copy:
-                    copy.set_types([self._id_type, "bytea", "int8"])
-                    for log_id, indexed in indexed_ids:
-                        copy.write_row((log_id, indexed.key, indexed.seq))
         # No notification ids: the ledger's followers read the notification log, and
         # returning them would make the event store build a Recording per event.
         return None
@@ -355,6 +418,19 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
             "originator_id TEXT NOT NULL, id_key BLOB NOT NULL, seq INTEGER NOT NULL, "
             "PRIMARY KEY (originator_id, id_key)) WITHOUT ROWID",
         ]
+
+    def insert_events(
+        self,
+        stored_events: Sequence[StoredEvent],
+        *,
+        turn: StoreTurn | None = None,
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        # One writer at a time: waiting inside the transaction would hold the lock
+        # that the batch before needs.
+        if turn is not None:
+            turn.wait_for_batch_before()
+        return super().insert_events(stored_events, **kwargs)
 
     def _insert_events(
         self,

@@ -368,6 +368,35 @@ def test_a_batch_chained_after_one_that_fails_is_stored_in_its_place(store: Stor
     assert verify_tenant(ledger, "acme").ok
 
 
+def test_an_id_repeated_by_the_batch_chained_after_it_is_recorded_once(store: Store) -> None:
+    """A client's retry that arrives while its original is being stored: on PostgreSQL
+    the retry's id row waits on the original's in the database; either way the retry
+    gets the original record, and nothing waits forever."""
+    ledger = store.open_ledger()
+    ledger.record("acme", audit_events(1, "first"))
+    retry: dict[str, list[dict[str, Any]]] = {}
+    retry_chained = threading.Event()
+
+    def record_retry() -> None:
+        batch = ledger.prepare("acme", [audit_event("shared"), audit_event("after")])
+        retry["records"] = ledger.record_prepared(batch, retry_chained.set)
+
+    thread = threading.Thread(target=record_retry)
+
+    def start_retry_after_this_one() -> None:
+        thread.start()
+        assert retry_chained.wait(timeout=10)
+
+    original = ledger.prepare("acme", [audit_event("shared")])
+    [shared] = ledger.record_prepared(original, start_retry_after_this_one)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert retry["records"][0] == shared
+    records = ledger.read("acme")
+    assert [(r["id"], r["seq"]) for r in records] == [("first-0", 0), ("shared", 1), ("after", 2)]
+    assert verify_tenant(ledger, "acme").ok
+
+
 def test_overlapping_calls_of_one_process_keep_one_chain(store: Store) -> None:
     ledger = store.open_ledger()
     ledger.record("acme", audit_events(1, "first"))
