@@ -149,9 +149,9 @@ class StoreTurn:
     def wait_for_batch_before(self) -> None:
         """Return once the batch before is stored; raise if it was not, or not in time.
 
-        The time limit breaks the one cycle PostgreSQL cannot see: another process,
-        holding the table lock, waits for an id row of this transaction while the batch
-        before waits for that lock.
+        No writer waits for id rows while it holds the table lock (each writes its ids
+        before taking it), so waiting here closes no cycle; the time limit is a safety
+        net, after which this batch is chained again rather than wait forever.
         """
         before = self._before
         if before is not None:
