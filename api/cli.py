@@ -373,6 +373,43 @@ def follow() -> None:
     follow_forever()
 
 
+@app.command("rebuild-read-model")
+def rebuild_read_model() -> None:
+    """Empty the query read model and rebuild it from the ledger, with progress.
+
+    For a read model that is suspect or whose indexes changed. A running follower
+    (`vigil serve`, `vigil follow`) must be stopped first; it is refused otherwise.
+    """
+    from audit_core.readmodel import ReadModelFollower, close_view, open_view
+
+    settings = load_settings()
+    with open_ledger(settings) as ledger:
+        view = open_view(settings.ledger_env())
+        try:
+            if not view.try_lead():
+                fail(
+                    "a read-model follower is running (vigil serve or vigil follow); "
+                    "stop it, then rebuild",
+                    1,
+                )
+            view.clear(ledger.name)
+            follower = ReadModelFollower(ledger, view)
+            total = ledger.recorder.max_notification_id() or 0
+            position, rows = 0, 0
+            with _progress() as progress:
+                task = progress.add_task("rebuilding the read model", total=total)
+                while True:
+                    position, applied = follower.run_once(position)
+                    rows += applied
+                    progress.update(task, completed=position)
+                    if applied < follower.page_size:
+                        break
+            out.print(f"read model rebuilt: {rows} records, up to notification {position}")
+        finally:
+            view.resign()
+            close_view(view)
+
+
 keys_app = typer.Typer(help="Manage API keys (tokens are shown once, stored hashed).")
 app.add_typer(keys_app, name="keys")
 

@@ -22,12 +22,16 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
+import hashlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
+import psycopg
 from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
@@ -212,6 +216,24 @@ class TrailView(TrackingRecorder):
         """Write rows and the position they reach, atomically."""
         raise NotImplementedError
 
+    def clear(self, application_name: str) -> None:
+        """Empty the read model and forget how far it had followed ``application_name``,
+        atomically, so that following starts again from the ledger's first event."""
+        raise NotImplementedError
+
+    def try_lead(self) -> bool:
+        """Become the one follower of this read model, if no other process is. Held
+        until :meth:`resign` (or the process ends): other followers stand by meanwhile,
+        instead of racing to write the same rows."""
+        raise NotImplementedError
+
+    def still_leads(self) -> bool:
+        """Whether the leadership taken by :meth:`try_lead` still holds."""
+        raise NotImplementedError
+
+    def resign(self) -> None:
+        raise NotImplementedError
+
     def _select(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
@@ -286,6 +308,35 @@ class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
             c.execute(statement, list(params))
             return [tuple(row) for row in c.fetchall()]
 
+    def clear(self, application_name: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"DELETE FROM {self.table}")
+            c.execute("DELETE FROM tracking WHERE application_name = ?", [application_name])
+
+    _leader_lock: IO[bytes] | None = None
+
+    def try_lead(self) -> bool:
+        # An advisory lock on a file beside the database (an in-memory database has
+        # only this process).
+        if self._leader_lock is not None or self.datastore.pool.is_sqlite_memory_mode:
+            return True
+        lock = open(f"{self.datastore.pool.db_name}.read-model.lock", "ab")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        self._leader_lock = lock
+        return True
+
+    def still_leads(self) -> bool:
+        return self._leader_lock is not None or self.datastore.pool.is_sqlite_memory_mode
+
+    def resign(self) -> None:
+        if self._leader_lock is not None:
+            self._leader_lock.close()  # closing the file releases its lock
+            self._leader_lock = None
+
 
 class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     """On PostgreSQL, text columns compared with ``COLLATE "C"`` (byte order, so the
@@ -345,6 +396,63 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
             curs.execute(statement.replace("?", "%s"), list(params), prepare=True)
             return [tuple(row.values()) for row in curs.fetchall()]
 
+    def clear(self, application_name: str) -> None:
+        tracking = Identifier(self.datastore.schema, self.tracking_table_name)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SQL("TRUNCATE {table}").format(table=SQL(self.table)))
+            curs.execute(
+                SQL("DELETE FROM {tracking} WHERE application_name = %s").format(tracking=tracking),
+                [application_name],
+            )
+
+    _leader_connection: Any = None
+
+    @property
+    def _leader_key(self) -> int:
+        """The advisory lock's key: one per read model (that is, per schema)."""
+        digest = hashlib.blake2b(
+            f"vigil read model {self.datastore.schema}".encode(), digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    def try_lead(self) -> bool:
+        # A session lock, on a connection kept out of the pool for as long as it is
+        # held: PostgreSQL releases it when that session ends, however it ends.
+        if self._leader_connection is not None:
+            return True
+        conn = self.datastore.pool.getconn()
+        try:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s) AS led", [self._leader_key]
+            ).fetchone()
+        except BaseException:
+            self.datastore.pool.putconn(conn)
+            raise
+        if not (row and row["led"]):
+            self.datastore.pool.putconn(conn)
+            return False
+        self._leader_connection = conn
+        return True
+
+    def still_leads(self) -> bool:
+        conn = self._leader_connection
+        if conn is None:
+            return False
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            self._leader_connection = None
+            self.datastore.pool.putconn(conn)  # a broken connection is discarded
+            return False
+        return True
+
+    def resign(self) -> None:
+        conn, self._leader_connection = self._leader_connection, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", [self._leader_key])
+            self.datastore.pool.putconn(conn)
+
 
 class TrailProjection(Projection[TrailView]):
     """The library-shaped projection: one record, one transaction."""
@@ -379,6 +487,7 @@ def open_view(env: dict[str, str]) -> TrailView:
 
 
 def close_view(view: TrailView) -> None:
+    view.resign()
     factory = getattr(view, "factory", None)
     if factory is not None:
         factory.close()
@@ -388,8 +497,11 @@ class ReadModelFollower:
     """Keeps a :class:`TrailView` up to date with a ledger, in a background thread.
 
     It polls the notification log every ``poll_interval`` seconds when idle; ``nudge()``
-    (called by the API after each write) wakes it at once.
+    (called by the API after each write) wakes it at once. Of the followers of one read
+    model, only the one that leads (``TrailView.try_lead``) writes.
     """
+
+    leadership_check_seconds = 2.0
 
     def __init__(
         self,
@@ -407,6 +519,8 @@ class ReadModelFollower:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: BaseException | None = None
+        self.leading = False
+        self._leadership_checked = 0.0
 
     @property
     def app_name(self) -> str:
@@ -421,6 +535,9 @@ class ReadModelFollower:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.leading:
+            self.view.resign()
+            self.leading = False
 
     def nudge(self) -> None:
         self._wake.set()
@@ -450,11 +567,28 @@ class ReadModelFollower:
         self.view.project(rows, Tracking(self.app_name, notes.ids[-1]))
         return notes.ids[-1], len(rows)
 
+    def _lead(self) -> bool:
+        """Whether this follower leads (taking the lead if it is free); the others
+        stand by, and one of them takes over when the leader's process ends."""
+        now = time.monotonic()
+        if self.leading and now - self._leadership_checked < self.leadership_check_seconds:
+            return True
+        self._leadership_checked = now
+        was_leading = self.leading
+        self.leading = self.view.still_leads() or self.view.try_lead()
+        if self.leading != was_leading:
+            log.info("read model follower %s", "leads" if self.leading else "stands by")
+        return self.leading
+
     def _run(self) -> None:
         position: int | None = None
         failures = 0
         while not self._stopping.is_set():
             try:
+                if not self._lead():
+                    position = None  # the leader moves on meanwhile
+                    self._stopping.wait(self.leadership_check_seconds)
+                    continue
                 if position is None:
                     position = self.position()
                 position, applied = self.run_once(position)

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from api.cli import app
 from api.settings import Settings
 from audit_core import Ledger
+from audit_core.readmodel import ReadModelFollower, close_view, open_view
 from tests.events import assert_valid_chain, audit_event, audit_events
 from tests.stores import SQLiteStore, Store
 from tests.tampering import Tampering, seed, tamperings
@@ -392,3 +393,29 @@ def test_vigil_verify_exits_1_naming_the_tampered_seq_and_why(
     assert f"BROKEN  acme: first bad seq {tampering.seq} ({tampering.reason}): " in result.stdout
     assert "ok      globex: 3 records" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_rebuild_read_model_refills_it_from_the_ledger(store: Store, tmp_path: Path) -> None:
+    vigil = Vigil(store, tmp_path)
+    ledger = vigil.ledger()
+    ledger.record("acme", audit_events(25))
+    ledger.record("globex", audit_events(5, "g"))
+    view = open_view(store.settings().ledger_env())
+    try:
+        ReadModelFollower(ledger, view, page_size=10).run_once(0)  # a partial read model
+        assert view.count("acme") == 10
+
+        assert view.try_lead()  # as a running follower does
+        refused = vigil("rebuild-read-model")
+        assert refused.exit_code == 1
+        assert "a read-model follower is running" in refused.stderr
+        view.resign()
+
+        rebuilt = vigil("rebuild-read-model")
+        assert rebuilt.exit_code == 0, rebuilt.stderr
+        assert "read model rebuilt: 30 records" in rebuilt.stdout
+        assert (view.count("acme"), view.count("globex")) == (25, 5)
+        follower = ReadModelFollower(ledger, view)
+        assert follower.lag() == 0  # and a follower resumes after the rebuild's end
+    finally:
+        close_view(view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
@@ -114,3 +115,31 @@ def test_free_text_matches_metadata_values_not_their_keys(store: Store) -> None:
     assert found("reason") == []
     assert found("nested") == []
     close_view(view)
+
+
+def test_one_follower_leads_and_another_takes_over_when_it_stops(store: Store) -> None:
+    ledger = store.open_ledger()
+    env = store.settings().ledger_env()
+    first_view, second_view = open_view(env), open_view(env)
+    first = ReadModelFollower(ledger, first_view, poll_interval=0.02)
+    second = ReadModelFollower(ledger, second_view, poll_interval=0.02)
+    second.leadership_check_seconds = 0.05
+    first.start()
+    deadline = time.monotonic() + 10
+    while not first.leading:
+        assert time.monotonic() < deadline, "the first follower never led"
+        time.sleep(0.01)
+    second.start()
+    ledger.record("acme", audit_events(5))
+    first.catch_up(timeout=30)
+    time.sleep(0.2)
+    assert (first.leading, second.leading) == (True, False)  # it stands by
+
+    first.stop()
+    ledger.record("acme", audit_events(3, "more"))
+    second.catch_up(timeout=30)  # written by the second follower, now leading
+    assert second.leading
+    assert _seqs(second_view, "acme") == list(range(8))
+    second.stop()
+    close_view(first_view)
+    close_view(second_view)
