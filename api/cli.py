@@ -406,8 +406,7 @@ def rebuild_read_model() -> None:
                         break
             out.print(f"read model rebuilt: {rows} records, up to notification {position}")
         finally:
-            view.resign()
-            close_view(view)
+            close_view(view)  # which gives up the lead
 
 
 keys_app = typer.Typer(help="Manage API keys (tokens are shown once, stored hashed).")
