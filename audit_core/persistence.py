@@ -11,9 +11,9 @@ events, so they are atomic with them:
   about a third of a 500-event save escaping values.
 
 A batch chained in memory after another one of the same process is stored in its
-:class:`StoreTurn`: on PostgreSQL its transaction writes the id index rows (the slowest
-part, random keys into a large index) while the batch before commits, and waits for
-that commit only before it takes the table lock.
+:class:`StoreTurn`: on PostgreSQL its transaction writes the id index rows (random keys
+into a large index, a good part of the work) while the batch before commits, and waits
+for that commit only before it takes the table lock.
 
 The mapper writes ``Recorded`` events as plain orjson (the record is JSON already), so
 that recording and verifying do not pay for the generic transcoder.
