@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,6 +33,32 @@ def client_ip(request: Request) -> str | None:
         return str(ipaddress.ip_address(host)) if host else None
     except ValueError:
         return None
+
+
+async def audit_request(
+    services: Services,
+    request: Request,
+    key: ApiKey,
+    tenant: str,
+    action: str,
+    target: dict[str, Any],
+    metadata: dict[str, Any],
+    *,
+    outcome: str = "success",
+) -> None:
+    """Record what ``request`` did (or tried), with its key as actor and the client's
+    address, user agent and request id taken from the request."""
+    await services.audit(
+        key,
+        tenant,
+        action,
+        target=target,
+        metadata=metadata,
+        ip=client_ip(request),
+        user_agent=request.headers.get("user-agent"),
+        request_id=getattr(request.state, "request_id", None),
+        outcome=outcome,
+    )
 
 
 def _unauthorized(services: Services, detail: str) -> HTTPException:

@@ -14,7 +14,7 @@ from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from api.dependencies import AccessDenied, client_ip
+from api.dependencies import AccessDenied, audit_request
 from api.keys import ApiKeyNotFoundError, InvalidKeySpecError
 from audit_core import (
     DuplicateEventIdError,
@@ -89,20 +89,19 @@ async def _bad_key_spec(request: Request, error: Exception) -> Response:
 
 async def _access_denied(request: Request, error: Exception) -> Response:
     assert isinstance(error, AccessDenied)
-    route = request.scope.get("route")
+    route = getattr(request.scope.get("route"), "path", "")
     metadata: dict[str, Any] = {"reason": error.detail, "path": request.url.path}
     if error.tenant is not None:
         metadata["requested_tenant"] = error.tenant
     try:
-        await request.app.state.services.audit(
+        await audit_request(
+            request.app.state.services,
+            request,
             error.key,
             error.key.tenant,
             "access.denied",
-            target={"type": "api_route", "id": f"{request.method} {getattr(route, 'path', '')}"},
-            metadata=metadata,
-            ip=client_ip(request),
-            user_agent=request.headers.get("user-agent"),
-            request_id=request.scope.get("state", {}).get("request_id"),
+            {"type": "api_route", "id": f"{request.method} {route}"},
+            metadata,
             outcome="denied",
         )
     except Exception as failure:  # the refusal stands; only its record is missing

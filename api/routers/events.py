@@ -21,10 +21,9 @@ from api.dependencies import (
     QueryKey,
     ServicesDep,
     TenantParam,
-    client_ip,
+    audit_request,
     tenant_of,
 )
-from api.keys import ApiKey
 from api.schemas import ERRORS, AuditRecord, ErrorBody, RecordBatch, RecordPage
 from api.services import Services
 from audit_core import PreparedBatch
@@ -45,10 +44,6 @@ _JSON = "application/json"
 
 def _json(body: bytes, status_code: int = 200) -> Response:
     return Response(body, status_code, media_type=_JSON)
-
-
-def _request_id(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None)
 
 
 _INGEST_BODY = {
@@ -206,27 +201,6 @@ async def trail_filters(
 Filters = Annotated[TrailQuery, Depends(trail_filters)]
 
 
-async def _audit_read(
-    services: Services,
-    request: Request,
-    key: ApiKey,
-    tenant: str,
-    action: str,
-    target: dict[str, Any],
-    metadata: dict[str, Any],
-) -> None:
-    await services.audit(
-        key,
-        tenant,
-        action,
-        target=target,
-        metadata=metadata,
-        ip=client_ip(request),
-        user_agent=request.headers.get("user-agent"),
-        request_id=_request_id(request),
-    )
-
-
 @router.get("", response_model=RecordPage)
 async def query_events(
     request: Request,
@@ -246,7 +220,7 @@ async def query_events(
     after = decode_cursor(cursor, filters.order) if cursor else None
     query = replace(filters, tenant=tenant, limit=limit, after_seq=after)
     records, next_cursor = await run_in_threadpool(services.query_page, query)
-    await _audit_read(
+    await audit_request(
         services,
         request,
         key,
@@ -318,7 +292,7 @@ async def export_events(
     """
     tenant = tenant_of(key, tenant, services)
     query = replace(filters, tenant=tenant)
-    await _audit_read(
+    await audit_request(
         services,
         request,
         key,
@@ -350,7 +324,7 @@ async def get_event(
     """One record by its event id, with ``seq``, ``prev_hash`` and ``hash``."""
     tenant = tenant_of(key, tenant, services)
     record = await run_in_threadpool(services.ledger.get, tenant, event_id)
-    await _audit_read(
+    await audit_request(
         services,
         request,
         key,

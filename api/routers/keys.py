@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from api.dependencies import AdminKey, ServicesDep, TenantParam, client_ip
+from api.dependencies import AdminKey, ServicesDep, TenantParam, audit_request
 from api.keys import ApiKey
 from api.schemas import ERRORS, ErrorBody, KeyCreate, KeyCreated, KeyOut
 from api.services import Services
@@ -18,15 +18,14 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERRORS)
 async def _audit(
     services: Services, request: Request, admin: ApiKey, changed: ApiKey, action: str
 ) -> None:
-    await services.audit(
+    await audit_request(
+        services,
+        request,
         admin,
         changed.tenant,
         action,
-        target={"type": "api_key", "id": changed.key_id},
-        metadata=changed.audit_metadata(),
-        ip=client_ip(request),
-        user_agent=request.headers.get("user-agent"),
-        request_id=getattr(request.state, "request_id", None),
+        {"type": "api_key", "id": changed.key_id},
+        changed.audit_metadata(),
     )
 
 
