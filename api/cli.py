@@ -346,6 +346,7 @@ def follow_forever(parent_pid: int | None = None) -> None:
     """Keep the query read model up to date until SIGTERM or SIGINT (or, when started by
     `vigil serve`, until that process is gone: uvicorn re-raises the signal that stopped
     it, so its own clean-up may never run)."""
+    from api.runtime import tuned_for_service
     from audit_core.readmodel import ReadModelFollower, close_view, open_view
 
     settings = load_settings()
@@ -356,11 +357,12 @@ def follow_forever(parent_pid: int | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    follower.start()
     try:
-        while not stop.wait(1.0):
-            if parent_pid is not None and os.getppid() != parent_pid:
-                break
+        with tuned_for_service():
+            follower.start()
+            while not stop.wait(1.0):
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    break
     finally:
         follower.stop()
         close_view(view)
