@@ -34,6 +34,18 @@ def test_a_batch_is_recorded_in_order_and_chained(api: Api) -> None:
         assert after["prev_hash"] == before["hash"]
 
 
+def test_the_answer_holds_what_was_stored_floats_included(api: Api) -> None:
+    events = audit_events(3)
+    events[1]["metadata"] = {"ratio": 1.0, "tags": ["a", "é"], "nested": {"z": 1, "a": None}}
+    headers = api.headers("acme", "ingest")
+    response = api.client.post("/v1/events", json=events, headers=headers)
+    assert response.status_code == 201
+    records = response.json()["records"]
+    assert records == api.trail("acme")
+    assert isinstance(records[1]["metadata"]["ratio"], float)
+    assert all(record["hash"] == expected_hash(record) for record in records)
+
+
 def test_a_retried_event_returns_the_original_record_and_records_nothing_new(api: Api) -> None:
     headers = api.headers("acme", "ingest")
     first = api.client.post("/v1/events", json=audit_event("evt-1"), headers=headers)
