@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
+from api.dependencies import BEARER_SCHEME, KEYED_PREFIX
 from api.routers import events, health, keys, verify
 from api.runtime import GIL_SWITCH_SECONDS, tuned_for_service
 from api.services import Services, build_services
@@ -175,8 +176,7 @@ class RequestContext:
             app = scope.get("app")
             services: Services | None = getattr(getattr(app, "state", None), "services", None)
             if services is not None:
-                services.metrics.requests.labels(method, path, str(status_code)).inc()
-                services.metrics.latency.labels(method, path).observe(elapsed)
+                services.metrics.request_done(method, path, status_code, elapsed)
             if status_code >= 400 or path not in ("/v1/events", "/healthz", "/metrics"):
                 log.info(
                     "request",
@@ -249,9 +249,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             event_schema = TypeAdapter(AuditEventIn).json_schema(
                 ref_template="#/components/schemas/{model}"
             )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(event_schema.pop("$defs", {}))
-            components["AuditEventIn"] = event_schema
+            components = schema.setdefault("components", {})
+            models = components.setdefault("schemas", {})
+            models.update(event_schema.pop("$defs", {}))
+            models["AuditEventIn"] = event_schema
+            components["securitySchemes"] = BEARER_SCHEME
+            for path, operations in schema["paths"].items():
+                if path.startswith(KEYED_PREFIX):
+                    for operation in operations.values():
+                        operation["security"] = [{name: []} for name in BEARER_SCHEME]
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.keys import ApiKey, Permission
 from api.services import Services
@@ -23,14 +23,28 @@ async def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key made with `vigil keys create`.")
+BEARER_SCHEME = {
+    "HTTPBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key made with `vigil keys create`.",
+    }
+}
+"""The OpenAPI security scheme of every route that ``requires`` a permission."""
+KEYED_PREFIX = "/v1/"
+"""Every route under it takes a key (a test holds each one to it)."""
 
 
 def client_ip(request: Request) -> str | None:
     """The peer's address, or None when it is not an IP address (a test client, a socket)."""
-    host = request.client.host if request.client else None
+    return _address(request.client.host) if request.client else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(host: str) -> str | None:
+    # Cached: parsing with ``ipaddress`` on every request cost more than the lookup.
     try:
-        return str(ipaddress.ip_address(host)) if host else None
+        return str(ipaddress.ip_address(host))
     except ValueError:
         return None
 
@@ -86,15 +100,24 @@ def forbidden(
     return AccessDenied(key, detail, tenant)
 
 
-async def current_key(
-    request: Request,
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
-    """The valid key the request carries: 401 without one, 403 from a network it excludes."""
-    if credentials is None:
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def current_key(request: Request) -> ApiKey:
+    """The valid key the request carries: 401 without one, 403 from a network it excludes.
+
+    A plain function of the request, not a tree of dependencies (services, a security
+    scheme): FastAPI's solving of those was a quarter of a single-event request's cost.
+    ``api.app`` documents the scheme instead.
+    """
+    services: Services = request.app.state.services
+    token = _bearer_token(request)
+    if token is None:
         raise _unauthorized(services, "an API key is required (Authorization: Bearer <key>)")
-    key = await services.authenticate(credentials.credentials)
+    key = await services.authenticate(token)
     if key is None:
         raise _unauthorized(services, "the API key is not valid")
     if key.revoked_at is not None:
@@ -109,12 +132,13 @@ async def current_key(
     return key
 
 
-CurrentKey = Annotated[ApiKey, Depends(current_key)]
-
-
 def requires(permission: Permission) -> Callable[..., Awaitable[ApiKey]]:
-    async def check(key: CurrentKey, services: ServicesDep) -> ApiKey:
+    """A dependency: the request's key, if it may do ``permission`` (else 401 or 403)."""
+
+    async def check(request: Request) -> ApiKey:
+        key = await current_key(request)
         if not key.can(permission):
+            services: Services = request.app.state.services
             roles = ", ".join(key.roles)
             raise forbidden(
                 services,

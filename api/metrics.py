@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -52,11 +53,25 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.readmodel_lag = Gauge(
             "vigil_readmodel_lag_notifications",
             "Ledger notifications not yet applied to the query read model.",
             registry=self.registry,
         )
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count a request and observe its latency (the labelled series kept, not
+        looked up through ``labels()`` on every request)."""
+        series = self._request_series.get((method, route, status))
+        if series is None:
+            series = self._request_series[(method, route, status)] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        count, latency = series
+        count.inc()
+        latency.observe(seconds)
 
     def watch_lag(self, lag: Callable[[], int]) -> None:
         self.readmodel_lag.set_function(lambda: float(lag()))

@@ -22,6 +22,30 @@ def test_a_request_without_a_valid_key_gets_401(api: Api) -> None:
     assert api.client.get("/v1/events", headers={"Authorization": forged}).status_code == 401
 
 
+def test_every_documented_v1_operation_takes_a_key(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    operations = [
+        (method, path)
+        for path, methods in schema["paths"].items()
+        if path.startswith("/v1/")
+        for method in methods
+    ]
+    assert len(operations) >= 8
+    for method, path in operations:
+        assert schema["paths"][path][method]["security"] == [{"HTTPBearer": []}]
+        response = api.client.request(method, path.replace("{", "").replace("}", ""))
+        assert response.status_code == 401, (method, path)
+
+
+def test_the_scheme_is_case_insensitive(api: Api) -> None:
+    _, headers = api.key("acme", "analyst")
+    token = headers["Authorization"].removeprefix("Bearer ")
+    for scheme in ("bearer", "BEARER"):
+        response = api.client.get("/v1/events", headers={"Authorization": f"{scheme} {token}"})
+        assert response.status_code == 200
+
+
 def test_only_a_hash_of_the_token_is_stored(api: Api) -> None:
     key, headers = api.key("acme", "analyst")
     token = headers["Authorization"].removeprefix("Bearer ")
