@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 
 from api.keys import ApiKey, Permission
 from api.services import Services
 from audit_core.schema import TENANT_PATTERN
 
 
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
 async def get_services(request: Request) -> Services:
     # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
     # hand-off on every request for what is an attribute lookup.
-    services: Services = request.app.state.services
-    return services
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -113,7 +119,7 @@ async def current_key(request: Request) -> ApiKey:
     scheme): FastAPI's solving of those was a quarter of a single-event request's cost.
     ``api.app`` documents the scheme instead.
     """
-    services: Services = request.app.state.services
+    services = services_of(request)
     token = _bearer_token(request)
     if token is None:
         raise _unauthorized(services, "an API key is required (Authorization: Bearer <key>)")
@@ -138,7 +144,7 @@ def requires(permission: Permission) -> Callable[..., Awaitable[ApiKey]]:
     async def check(request: Request) -> ApiKey:
         key = await current_key(request)
         if not key.can(permission):
-            services: Services = request.app.state.services
+            services = services_of(request)
             roles = ", ".join(key.roles)
             raise forbidden(
                 services,
@@ -150,19 +156,45 @@ def requires(permission: Permission) -> Callable[..., Awaitable[ApiKey]]:
     return check
 
 
-IngestKey = Annotated[ApiKey, Depends(requires(Permission.INGEST))]
+ingest_key = requires(Permission.INGEST)
 QueryKey = Annotated[ApiKey, Depends(requires(Permission.QUERY))]
 ExportKey = Annotated[ApiKey, Depends(requires(Permission.EXPORT))]
 VerifyKey = Annotated[ApiKey, Depends(requires(Permission.VERIFY))]
 AdminKey = Annotated[ApiKey, Depends(requires(Permission.MANAGE_KEYS))]
 
-TenantParam = Annotated[
-    str | None,
-    Query(
-        pattern=TENANT_PATTERN,
-        description="Tenant to act on; only admin keys may name another tenant than their own.",
-    ),
-]
+_TENANT_DESCRIPTION = "Tenant to act on; only admin keys may name another tenant than their own."
+TenantParam = Annotated[str | None, Query(pattern=TENANT_PATTERN, description=_TENANT_DESCRIPTION)]
+
+TENANT_PARAMETER = {
+    "name": "tenant",
+    "in": "query",
+    "required": False,
+    "schema": {
+        "anyOf": [{"type": "string", "pattern": TENANT_PATTERN}, {"type": "null"}],
+        "title": "Tenant",
+    },
+    "description": _TENANT_DESCRIPTION,
+}
+"""``TenantParam`` in OpenAPI, for a route that reads it with ``tenant_param``."""
+_TENANT = re.compile(TENANT_PATTERN)
+
+
+def tenant_param(request: Request) -> str | None:
+    """The ``tenant`` query parameter, refused (422) as ``TenantParam`` refuses it."""
+    tenant = request.query_params.get("tenant")
+    if tenant is not None and not _TENANT.match(tenant):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("query", "tenant"),
+                    "msg": f"String should match pattern '{TENANT_PATTERN}'",
+                    "input": tenant,
+                    "ctx": {"pattern": TENANT_PATTERN},
+                }
+            ]
+        )
+    return tenant
 
 
 def tenant_of(key: ApiKey, tenant: str | None, services: Services) -> str:

@@ -83,3 +83,16 @@ def test_an_admin_may_name_any_tenant(api: Api) -> None:
     response = api.client.get("/v1/events/g-1", params={"tenant": "globex"}, headers=admin)
     assert response.status_code == 200
     assert response.json()["tenant"] == "globex"
+
+
+def test_a_malformed_tenant_is_refused_alike_by_every_route(api: Api) -> None:
+    headers = api.headers("acme", "admin")
+    answers = [
+        api.client.post("/v1/events?tenant=Not%20Valid", json=audit_event("x"), headers=headers),
+        api.client.get("/v1/events?tenant=Not%20Valid", headers=headers),
+    ]
+    for response in answers:
+        assert response.status_code == 422
+        assert "tenant" in response.text
+    assert answers[0].json() == answers[1].json()
+    assert api.trail("acme") == []
