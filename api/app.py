@@ -198,7 +198,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.services = services
     log.info("started", database=settings.database_url.split("@")[-1])
     try:
-        with tuned_for_service(gil_switch_seconds=GIL_SWITCH_SECONDS):
+        with tuned_for_service(
+            gil_switch_seconds=GIL_SWITCH_SECONDS,
+            one_cpu=settings.one_cpu and settings.workers == 1,
+        ):
             yield
     finally:
         await services.committer.aclose()

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         description="Most events that concurrent requests combine into one ledger "
         "transaction (a larger batch request goes alone).",
     )
+    one_cpu: bool = Field(
+        default=True,
+        description="With one worker, keep its threads on one CPU (they share a GIL).",
+    )
     readmodel_poll_seconds: float = Field(
         default=0.2, gt=0, description="How often the read model polls for other writers."
     )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
+import threading
 import weakref
+
+import pytest
 
 from api.runtime import YOUNG_COLLECTION_THRESHOLD, tuned_for_service
 
@@ -35,3 +39,30 @@ def test_cyclic_garbage_is_still_collected() -> None:
         for _ in range(YOUNG_COLLECTION_THRESHOLD):  # past the raised threshold
             cycle()
         assert first() is None  # collected without anyone calling gc.collect()
+
+
+def _thread_cpus() -> list[set[int]]:
+    return [os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux and two CPUs to tell",
+)
+def test_one_cpu_holds_every_thread_and_is_given_back() -> None:
+    before = os.sched_getaffinity(0)
+    stop = threading.Event()
+    waiting = threading.Thread(target=stop.wait)
+    waiting.start()  # a thread that exists before, like a connection pool's
+    try:
+        with tuned_for_service(one_cpu=True):
+            assert all(cpus == {max(before)} for cpus in _thread_cpus())
+            seen: list[set[int]] = []
+            later = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+            later.start()
+            later.join()
+            assert seen == [{max(before)}]  # and one started while it holds
+        assert all(cpus == before for cpus in _thread_cpus())
+    finally:
+        stop.set()
+        waiting.join()
