@@ -394,8 +394,8 @@ def rebuild_read_model() -> None:
                     "stop it, then rebuild",
                     1,
                 )
-            view.clear(ledger.name)
             follower = ReadModelFollower(ledger, view)
+            view.clear(follower.app_name)
             total = ledger.recorder.max_notification_id() or 0
             position, rows = 0, 0
             with _progress() as progress:

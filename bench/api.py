@@ -57,7 +57,7 @@ from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
 from api.keys import KeyStore
 from api.settings import Settings
 from audit_core import Ledger, LedgerBusyError, Limits
-from audit_core.readmodel import TrailQuery, close_view, open_view
+from audit_core.readmodel import TABLE, TrailQuery, close_view, open_view
 
 TENANT = "acme-support"
 BATCH_TARGET = 20_000
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # planner the statistics a server that grew its trail over time has.
                 started = time.perf_counter()
                 with connect(env) as stats:
-                    stats.execute(f'ANALYZE "{schema}".trail_index')
+                    stats.execute(f'ANALYZE "{schema}".{TABLE}')
                 analyze = time.perf_counter() - started
                 total = args.trail + args.single_events
                 shapes: list[tuple[str, dict[str, str]]] = [

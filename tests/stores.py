@@ -24,6 +24,7 @@ from psycopg import sql
 from api.settings import Settings
 from audit_core import Ledger, Limits
 from audit_core.domain import tenant_log_id
+from audit_core.readmodel import TABLE
 from tests.events import expected_hash
 
 POSTGRES_URL = os.environ.get(
@@ -165,7 +166,7 @@ class SQLiteStore(Store):
     events_table = "stored_events"
     ids_table = "stored_events_ids"
     snapshots_table = "stored_snapshots"
-    trail_index_table = "trail_index"
+    trail_index_table = TABLE
 
     def __init__(self, path: Path):
         super().__init__()
@@ -200,7 +201,7 @@ class PostgresStore(Store):
         self.events_table = f'"{self.schema}".ledger_events'
         self.ids_table = f'"{self.schema}".ledger_events_ids'
         self.snapshots_table = f'"{self.schema}".ledger_snapshots'
-        self.trail_index_table = f'"{self.schema}".trail_index'
+        self.trail_index_table = f'"{self.schema}".{TABLE}'
 
     def _run(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cursor = self._connection.execute(statement.replace("?", "%s"), tuple(params))

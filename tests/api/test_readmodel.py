@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from audit_core import readmodel
 from audit_core.readmodel import ReadModelFollower, TrailQuery, close_view, open_view
 from tests.events import audit_event, audit_events
 from tests.stores import Store
@@ -143,3 +144,44 @@ def test_one_follower_leads_and_another_takes_over_when_it_stops(store: Store) -
     second.stop()
     close_view(first_view)
     close_view(second_view)
+
+
+def test_a_read_model_of_an_earlier_version_is_replaced_and_rebuilt(store: Store) -> None:
+    ledger = store.open_ledger()
+    env = store.settings().ledger_env()
+    ledger.record("acme", audit_events(12))
+    view = open_view(env)
+    follower = ReadModelFollower(ledger, view)
+    follower.run_once(follower.position())
+    close_view(view)
+    # As an earlier version left it: its own table, and a position tracked for it.
+    table = store.trail_index_table.replace("trail_index_v2", "trail_index")
+    store._run(f"CREATE TABLE {table} (tenant TEXT, seq INTEGER)")
+    store._run(f"INSERT INTO {table} VALUES ('acme', 0)")
+
+    view = open_view(env)
+    follower = ReadModelFollower(ledger, view)
+    follower.start()
+    follower.catch_up(timeout=30)
+    follower.stop()
+    assert _seqs(view, "acme") == list(range(12))
+    close_view(view)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - backend-specific "no such table"
+        store._run(f"SELECT * FROM {table}")
+
+
+def test_tenants_whose_keys_collide_still_see_only_their_own(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readmodel, "tenant_key", lambda tenant: 42)
+    ledger = store.open_ledger()
+    ledger.record("acme", audit_events(3, "a"))
+    ledger.record("globex", audit_events(5, "g"))
+    view = open_view(store.settings().ledger_env())
+    follower = ReadModelFollower(ledger, view)
+    follower.run_once(follower.position())
+    assert _seqs(view, "acme") == [0, 1, 2]
+    assert _seqs(view, "globex") == [0, 1, 2, 3, 4]
+    by_actor = TrailQuery(tenant="acme", actor_id=audit_event("x")["actor"]["id"])
+    assert len(view.query(by_actor).seqs) == 3
+    close_view(view)
