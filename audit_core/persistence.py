@@ -99,16 +99,25 @@ class LedgerMapper(Mapper[UUID]):
     def decode_recorded(self, state: bytes) -> dict[str, Any]:
         """Plain state of a stored ``Recorded`` event: ``record``, ``hash``, ``timestamp``."""
         try:
-            if self.cipher:
-                state = self.cipher.decrypt(state)
-            if self.compressor:
-                state = self.compressor.decompress(state)
-            decoded: dict[str, Any] = orjson.loads(state)
-        except Exception as error:
+            decoded: dict[str, Any] = orjson.loads(self.recorded_json(state))
+        except orjson.JSONDecodeError as error:
             raise MapperDeserialisationError(
                 f"cannot decode a stored audit record: {type(error).__name__}: {error}"
             ) from error
         return decoded
+
+    def recorded_json(self, state: bytes) -> bytes:
+        """The JSON of a stored ``Recorded`` event: its state, decrypted and decompressed."""
+        try:
+            if self.cipher:
+                state = self.cipher.decrypt(state)
+            if self.compressor:
+                state = self.compressor.decompress(state)
+        except Exception as error:
+            raise MapperDeserialisationError(
+                f"cannot decode a stored audit record: {type(error).__name__}: {error}"
+            ) from error
+        return state
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         if stored_event.topic != RECORDED_TOPIC:

@@ -32,8 +32,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any, Literal
 
+import msgspec
 import psycopg
-from eventsourcing.persistence import InfrastructureFactory, Tracking, TrackingRecorder
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    MapperDeserialisationError,
+    Tracking,
+    TrackingRecorder,
+)
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.sqlite import SQLiteTrackingRecorder
@@ -43,7 +49,7 @@ from psycopg.sql import SQL, Identifier
 from audit_core.application import Ledger, Record
 from audit_core.domain import TenantLog
 from audit_core.exceptions import LedgerError
-from audit_core.persistence import RECORDED_TOPIC
+from audit_core.persistence import RECORDED_TOPIC, LedgerMapper
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +90,106 @@ class InvalidQueryError(LedgerError):
 def to_row(record: Record) -> Row:
     """The index row of a record: what queries filter on, and its seq to fetch it by."""
     target = record.get("target") or {}
-    return (
+    return _row(
         record["tenant"],
         record["seq"],
         record["occurred_at"],
         record["actor"]["id"],
         record["action"],
-        record["action"].split(".", 1)[0],
         target.get("type"),
         target.get("id"),
         record["outcome"],
         record["source"],
-        search_text(record.get("metadata") or {}),
-        tenant_key(record["tenant"]),
+        record.get("metadata") or {},
     )
+
+
+def _row(
+    tenant: str,
+    seq: int,
+    occurred_at: str,
+    actor_id: str,
+    action: str,
+    target_type: str | None,
+    target_id: str | None,
+    outcome: str,
+    source: str,
+    metadata: dict[str, Any],
+) -> Row:
+    namespace = action.split(".", 1)[0]
+    return (
+        tenant,
+        seq,
+        occurred_at,
+        actor_id,
+        action,
+        namespace,
+        target_type,
+        target_id,
+        outcome,
+        source,
+        search_text(metadata),
+        tenant_key(tenant),
+    )
+
+
+class _Actor(msgspec.Struct):
+    id: str
+
+
+class _Target(msgspec.Struct):
+    type: str
+    id: str
+
+
+class _Indexed(msgspec.Struct):
+    """What the read model takes from a stored record. msgspec reads only these fields
+    and skips the rest without building it: half the cost of decoding whole records."""
+
+    tenant: str
+    seq: int
+    occurred_at: str
+    actor: _Actor
+    action: str
+    outcome: str
+    source: str
+    target: _Target | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class _StoredRecord(msgspec.Struct):
+    record: _Indexed
+
+
+_STORED_RECORD = msgspec.json.Decoder(_StoredRecord)
+
+
+def rows_of(states: Sequence[bytes], mapper: LedgerMapper) -> list[Row]:
+    """The index rows of stored ``Recorded`` states."""
+    rows: list[Row] = []
+    for state in states:
+        try:
+            record = _STORED_RECORD.decode(mapper.recorded_json(state)).record
+        except msgspec.DecodeError as error:
+            raise MapperDeserialisationError(
+                f"cannot decode a stored audit record: {error}"
+            ) from error
+        target = record.target
+        rows.append(
+            _row(
+                record.tenant,
+                record.seq,
+                record.occurred_at,
+                record.actor.id,
+                record.action,
+                target.type if target else None,
+                target.id if target else None,
+                record.outcome,
+                record.source,
+                record.metadata,
+            )
+        )
+    return rows
 
 
 def search_text(metadata: Any) -> str:
@@ -590,8 +682,7 @@ class ReadModelFollower:
         notes = self.ledger.ledger_recorder.recorded_after(position, self.page_size)
         if not notes.ids:
             return position, 0
-        decode = self.ledger.ledger_mapper.decode_recorded
-        rows = [to_row(decode(state)["record"]) for state in notes.states]
+        rows = rows_of(notes.states, self.ledger.ledger_mapper)
         self.view.project(rows, Tracking(self.app_name, notes.ids[-1]))
         return notes.ids[-1], len(rows)
 

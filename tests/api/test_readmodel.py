@@ -6,6 +6,7 @@ import base64
 import time
 
 import pytest
+from eventsourcing.persistence import MapperDeserialisationError
 
 from audit_core import readmodel
 from audit_core.readmodel import ReadModelFollower, TrailQuery, close_view, open_view
@@ -185,3 +186,27 @@ def test_tenants_whose_keys_collide_still_see_only_their_own(
     by_actor = TrailQuery(tenant="acme", actor_id=audit_event("x")["actor"]["id"])
     assert len(view.query(by_actor).seqs) == 3
     close_view(view)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_rows_read_from_storage_are_the_rows_of_the_records(store: Store, encrypted: bool) -> None:
+    # The follower decodes only the indexed fields of each stored record; its rows must
+    # be what the whole record gives.
+    key = base64.b64encode(b"k" * 32).decode() if encrypted else None
+    ledger = store.open_ledger(encryption_key=key)
+    events = audit_events(4)
+    events[0]["target"] = None
+    events[1]["metadata"] = {"ratio": 1.5, "nested": {"list": ["Ünïcode", 7, None, True]}}
+    events[2]["metadata"] = {}
+    events[3]["action"] = "conversation.message.sent"
+    records = ledger.record("acme", events)
+    states = ledger.ledger_recorder.recorded_after(0, 100).states
+    assert readmodel.rows_of(states, ledger.ledger_mapper) == [
+        readmodel.to_row(record) for record in records
+    ]
+
+
+def test_a_stored_record_that_cannot_be_decoded_is_named(store: Store) -> None:
+    ledger = store.open_ledger()
+    with pytest.raises(MapperDeserialisationError, match="cannot decode a stored audit record"):
+        readmodel.rows_of([b'{"record": {"tenant": 1}}'], ledger.ledger_mapper)
