@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.dependencies import ServicesDep, TenantParam, VerifyKey, client_ip, tenant_of
+from api.dependencies import ServicesDep, TenantParam, VerifyKey, audit_request, tenant_of
 from api.schemas import ERRORS, ChainReport
 from audit_core import verify_tenant
 
@@ -25,13 +25,13 @@ async def verify_chain(
     tenant = tenant_of(key, tenant, services)
     report = await run_in_threadpool(verify_tenant, services.ledger, tenant)
     body = report.as_dict()
-    await services.audit(
+    await audit_request(
+        services,
+        request,
         key,
         tenant,
         "audit.verify",
         target={"type": "audit_trail", "id": tenant},
         metadata={"ok": report.ok, "records": report.records},
-        ip=client_ip(request),
-        request_id=getattr(request.state, "request_id", None),
     )
     return body

@@ -11,7 +11,7 @@ def test_reads_and_key_changes_are_recorded_with_the_key_as_actor(api: Api) -> N
     api.catch_up()
     auditor, headers = api.key("acme", "auditor")
     admin, admin_headers = api.key("acme", "admin")
-    headers = {**headers, "X-Request-ID": "req-abc"}
+    headers = {**headers, "X-Request-ID": "req-abc", "User-Agent": "auditor-console/1"}
     api.client.get("/v1/events", params={"actor_id": "u-1001"}, headers=headers)
     api.client.get("/v1/events/export", params={"format": "csv"}, headers=headers)
     api.client.get("/v1/events/e-1", headers=headers)
@@ -33,7 +33,8 @@ def test_reads_and_key_changes_are_recorded_with_the_key_as_actor(api: Api) -> N
     assert {r["actor"]["type"] for r in audited} == {"api_key"}
     assert [r["actor"]["id"] for r in audited] == [auditor.key_id] * 4 + [admin.key_id] * 2
     assert audited[0]["metadata"]["filters"]["actor_id"] == "u-1001"
-    assert audited[0]["request_id"] == "req-abc"
+    assert {r["request_id"] for r in audited[:4]} == {"req-abc"}
+    assert {r["actor"]["user_agent"] for r in audited[:4]} == {"auditor-console/1"}
     assert audited[4]["target"] == {"type": "api_key", "id": created["key"]["key_id"], "name": None}
 
     api.catch_up()
