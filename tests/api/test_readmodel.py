@@ -210,3 +210,47 @@ def test_a_stored_record_that_cannot_be_decoded_is_named(store: Store) -> None:
     ledger = store.open_ledger()
     with pytest.raises(MapperDeserialisationError, match="cannot decode a stored audit record"):
         readmodel.rows_of([b'{"record": {"tenant": 1}}'], ledger.ledger_mapper)
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize("prefix", ["conversation.*", "conversation.message.*", "zzz.*"])
+def test_an_action_prefix_pages_through_every_match_in_order(
+    store: Store, order: str, prefix: str
+) -> None:
+    actions = [
+        "conversation.assign",
+        "conversation.close",
+        "conversation.message.sent",
+        "user.login",
+        "conversationx.odd",
+        "conversation.message.deleted",
+    ]
+    events = [
+        audit_event(
+            f"e-{n}",
+            action=actions[n * 7 % len(actions)],
+            outcome="failure" if n % 5 else "success",
+        )
+        for n in range(60)
+    ]
+    ledger = store.open_ledger()
+    records = ledger.record("acme", events)
+    ledger.record("globex", events)  # the same actions in another tenant
+    view = open_view(store.settings().ledger_env())
+    ReadModelFollower(ledger, view).run_once(0)
+    stem = prefix[:-1]
+    for filters in ({}, {"outcome": "failure"}):
+        expected = [
+            r["seq"]
+            for r in records
+            if r["action"].startswith(stem)
+            and all(r[name] == value for name, value in filters.items())
+        ]
+        if order == "desc":
+            expected.reverse()
+        query = TrailQuery(tenant="acme", action=prefix, order=order, limit=7, **filters)  # type: ignore[arg-type]
+        assert [seq for page in view.iter_seqs(query, page_size=7) for seq in page] == expected
+        first = view.query(query)
+        assert first.seqs == expected[:7]
+        assert (first.next_cursor is not None) == (len(expected) > 7)
+    close_view(view)
