@@ -9,7 +9,8 @@ Run ``python bench/api.py`` (see ``--help``). One pass:
 3. Batch ingest over HTTP: the trail (1,000,000 events by default) is sent in batches of
    500 by a few concurrent connections. With ``--load-via-ledger`` the trail is written
    through the ledger directly instead (said so in the output) and only ``--http-events``
-   go over HTTP.
+   go over HTTP. The CPU time of the server's processes, PostgreSQL's and the load
+   generator's over this step is printed per event (Linux).
 4. Single-event ingest over HTTP: 32 concurrent clients, one event per request.
 5. The read model catches up (its time is reported), then filtered queries over HTTP,
    each recorded as an ``audit.query`` event, beside the same queries run directly on the
@@ -191,6 +192,86 @@ def ledger_single_events(env: dict[str, str], events: Sequence[bytes], clients: 
 # -- the run ---------------------------------------------------------------------------------
 
 
+# -- where the CPU goes (Linux /proc; figures are left out elsewhere) ----------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {pid: int(fields[1]) for pid in _pids() if (fields := _stat(pid))}
+    tree = {root}
+    for _ in range(4):
+        tree |= {pid for pid, parent in parents.items() if parent in tree}
+    return sorted(tree)
+
+
+def _postgres_pids() -> list[int]:
+    found = []
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                if comm.read().strip() == "postgres":
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        if fields := _stat(pid):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+class CpuAccount:
+    """CPU time of the server's processes, PostgreSQL's and this one over a span."""
+
+    def __init__(self, server_pid: int):
+        self.available = os.path.isdir("/proc")
+        self.server_pid = server_pid
+        if self.available:
+            self.start = self._read()
+
+    def _read(self) -> tuple[float, float, float, tuple[int, int]]:
+        return (
+            _cpu_seconds(_descendants(self.server_pid)),
+            _cpu_seconds(_postgres_pids()),
+            _cpu_seconds([os.getpid()]),
+            _machine_busy(),
+        )
+
+    def per_event(self, events: int) -> str:
+        if not self.available:
+            return "CPU per event: not measured (no /proc)"
+        end = self._read()
+        server, postgres, client = (1e6 * (end[i] - self.start[i]) / events for i in range(3))
+        total = end[3][0] - self.start[3][0]
+        busy = 100 * (1 - (end[3][1] - self.start[3][1]) / total) if total else 0.0
+        return (
+            f"CPU per event during batch ingest: vigil serve (API and read-model follower) "
+            f"{server:.1f} µs, PostgreSQL {postgres:.1f} µs, load generator {client:.1f} µs; "
+            f"machine busy {busy:.0f}%"
+        )
+
+
 def stop_server(server: subprocess.Popen[bytes]) -> None:
     """Stop ``vigil serve`` and its read model follower before their schema is dropped."""
     with contextlib.suppress(ProcessLookupError):
@@ -337,10 +418,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for batch in batched(trail[:http_count], args.batch)
                 ]
                 del trail
+                account = CpuAccount(server.pid)
                 seconds, batch_lat, statuses = run_jobs(host, port, token, jobs, args.batch_clients)
+                batch_cpu = account.per_event(http_count)
                 bad = [s for s in statuses if s >= 300]
                 batch_rate = http_count / seconds
                 say(f"  {batch_rate:,.0f} events/s ({len(bad)} failed requests)")
+                say(f"  {batch_cpu}")
                 del jobs
 
                 # 4. single events
@@ -475,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"ledger-only single events: {base_busy} of {count + base_busy} calls gave up with "
         "LedgerBusyError (rate and latency count the recorded ones)",
         f"mean batch request latency {statistics.mean(batch_lat) * 1000:.0f} ms",
+        batch_cpu,
     ]
     print("\n".join(lines), flush=True)
 
