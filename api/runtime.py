@@ -41,7 +41,7 @@ def tuned_for_service(
     ``one_cpu``: keep the process's threads on one of its CPUs. They share a GIL, so
     they never run at once anyway; on one CPU, a batch's objects stay in that CPU's
     caches as they pass from the event loop to the thread that validates them and the
-    one that commits them (batch ingest over HTTP ran 6 to 9% faster).
+    one that commits them (batch ingest over HTTP ran 3 to 9% faster).
     """
     thresholds = gc.get_threshold()
     switch = sys.getswitchinterval()
