@@ -182,7 +182,7 @@ _TENANT = re.compile(TENANT_PATTERN)
 def tenant_param(request: Request) -> str | None:
     """The ``tenant`` query parameter, refused (422) as ``TenantParam`` refuses it."""
     tenant = request.query_params.get("tenant")
-    if tenant is not None and not _TENANT.match(tenant):
+    if tenant is not None and not _TENANT.fullmatch(tenant):
         raise RequestValidationError(
             [
                 {

@@ -156,7 +156,7 @@ def check_spec(
     tenant: str, roles: Iterable[str], expires_at: datetime | None, networks: Iterable[str]
 ) -> tuple[tuple[Role, ...], tuple[str, ...]]:
     """Validated roles and normalised networks of a key about to be created."""
-    if not _TENANT.match(tenant):
+    if not _TENANT.fullmatch(tenant):
         raise InvalidKeySpecError("tenant", f"{tenant!r} must match {TENANT_PATTERN}")
     parsed: list[Role] = []
     for role in roles:
@@ -279,7 +279,7 @@ class KeyStore:
 
     def authenticate(self, token: str) -> ApiKey | None:
         """The key a token belongs to, whatever its state, or None if the token is wrong."""
-        match = _TOKEN.match(token)
+        match = _TOKEN.fullmatch(token)
         if match is None:
             return None
         rows = self._execute(

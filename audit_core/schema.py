@@ -59,7 +59,7 @@ def _canonical_ip(value: str | None) -> str | None:
 
 
 def _rfc3339(value: str) -> str:
-    if not _RFC3339.match(value):
+    if not _RFC3339.fullmatch(value):
         raise ValueError(
             f"{value!r} is not an RFC 3339 timestamp with offset "
             "(e.g. 2026-11-23T10:15:00Z or 2026-11-23T11:15:00+01:00)"
@@ -184,7 +184,7 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not _TENANT.match(tenant):
+    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
         raise InvalidEventError(
             [FieldProblem(0, "tenant", f"{tenant!r} must match {TENANT_PATTERN}")]
         )

@@ -184,7 +184,8 @@ async def trail_filters(
     ] = None,
     order: Literal["desc", "asc"] = "desc",
 ) -> TrailQuery:
-    if action is not None and not action.endswith(".*") and not re.match(ACTION_PATTERN, action):
+    is_prefix = action is not None and action.endswith(".*")
+    if action is not None and not is_prefix and not re.fullmatch(ACTION_PATTERN, action):
         raise InvalidQueryError("action", f"{action!r} is not a dotted action or prefix.*")
     since_ts, until_ts = _timestamp("since", since), _timestamp("until", until)
     if since_ts and until_ts and since_ts >= until_ts:

@@ -148,3 +148,8 @@ def test_an_admin_creates_lists_and_revokes_keys_over_http(api: Api) -> None:
         "/v1/keys", json={"tenant": "acme", "roles": ["root"]}, headers=admin
     )
     assert bad_role.status_code == 422
+    bad_tenant = api.client.post(
+        "/v1/keys", json={"tenant": "acme\n", "roles": ["analyst"]}, headers=admin
+    )
+    assert bad_tenant.status_code == 422
+    assert "tenant" in bad_tenant.text

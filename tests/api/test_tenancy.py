@@ -91,6 +91,9 @@ def test_a_malformed_tenant_is_refused_alike_by_every_route(api: Api) -> None:
         api.client.post("/v1/events?tenant=Not%20Valid", json=audit_event("x"), headers=headers),
         api.client.get("/v1/events?tenant=Not%20Valid", headers=headers),
     ]
+    # A trailing newline too, which Python's "$" would let through.
+    newline = api.client.post("/v1/events?tenant=acme%0A", json=audit_event("x"), headers=headers)
+    assert newline.status_code == 422
     for response in answers:
         assert response.status_code == 422
         assert "tenant" in response.text

@@ -204,7 +204,7 @@ def test_event_ids_outside_the_id_pattern_are_refused(event_id: str) -> None:
     assert only_problem(audit_event(event_id)).field == "id"
 
 
-@pytest.mark.parametrize("tenant", ["Acme", "-acme", "a" * 64, "ac me", ""])
+@pytest.mark.parametrize("tenant", ["Acme", "-acme", "a" * 64, "ac me", "", "acme\n"])
 def test_a_tenant_name_outside_the_pattern_is_refused(tenant: str) -> None:
     problem = only_problem(audit_event(), tenant=tenant)
     assert problem.field == "tenant"
