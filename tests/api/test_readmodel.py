@@ -254,3 +254,56 @@ def test_an_action_prefix_pages_through_every_match_in_order(
         assert first.seqs == expected[:7]
         assert (first.next_cursor is not None) == (len(expected) > 7)
     close_view(view)
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"outcome": "denied"},
+        {"outcome": "success"},
+        {"source": "app"},
+        {"source": "system"},  # no record has it
+        {"outcome": "failure", "source": "console"},
+        {"outcome": "failure", "text": "emea"},
+        {"source": "api", "since": "2024-05-01T00:20:00.000000Z"},
+    ],
+)
+def test_outcome_and_source_queries_page_through_every_match_in_order(
+    store: Store, order: str, filters: dict[str, str]
+) -> None:
+    outcomes, sources = ("success", "failure", "denied"), ("console", "app", "api")
+    events = [
+        audit_event(
+            f"e-{n}",
+            outcome=outcomes[n * 5 % 7 % 3],
+            source=sources[n * 3 % 5 % 3],
+            occurred_at=f"2024-05-01T00:{n % 60:02d}:00Z",
+            metadata={"region": "emea" if n % 4 else "apac"},
+        )
+        for n in range(70)
+    ]
+    ledger = store.open_ledger()
+    records = ledger.record("acme", events)
+    ledger.record("globex", events)
+    view = open_view(store.settings().ledger_env())
+    ReadModelFollower(ledger, view).run_once(0)
+
+    def matches(record: dict[str, object]) -> bool:
+        for name, value in filters.items():
+            if name == "text":
+                if value not in str(record["metadata"]):
+                    return False
+            elif name == "since":
+                if str(record["occurred_at"]) < value:
+                    return False
+            elif record[name] != value:
+                return False
+        return True
+
+    expected = [r["seq"] for r in records if matches(r)]
+    if order == "desc":
+        expected.reverse()
+    query = TrailQuery(tenant="acme", order=order, limit=6, **filters)  # type: ignore[arg-type]
+    assert [seq for page in view.iter_seqs(query, page_size=6) for seq in page] == expected
+    close_view(view)
