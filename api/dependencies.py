@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from api.keys import ApiKey, Permission
 from api.services import Services
-from audit_core.schema import TENANT_PATTERN
+from audit_core.schema import TENANT_PATTERN, is_tenant_name
 
 
 def services_of(request: Request) -> Services:
@@ -176,13 +175,12 @@ TENANT_PARAMETER = {
     "description": _TENANT_DESCRIPTION,
 }
 """``TenantParam`` in OpenAPI, for a route that reads it with ``tenant_param``."""
-_TENANT = re.compile(TENANT_PATTERN)
 
 
 def tenant_param(request: Request) -> str | None:
     """The ``tenant`` query parameter, refused (422) as ``TenantParam`` refuses it."""
     tenant = request.query_params.get("tenant")
-    if tenant is not None and not _TENANT.fullmatch(tenant):
+    if tenant is not None and not is_tenant_name(tenant):
         raise RequestValidationError(
             [
                 {

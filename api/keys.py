@@ -29,7 +29,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import Environment
 
-from audit_core.schema import TENANT_PATTERN
+from audit_core.schema import TENANT_PATTERN, is_tenant_name
 
 
 class ApiKeyError(Exception):
@@ -74,7 +74,6 @@ GRANTS: dict[Role, frozenset[Permission]] = {
 }
 """What each role may do. Only ``admin`` reaches beyond its own tenant."""
 
-_TENANT = re.compile(TENANT_PATTERN)
 _TOKEN = re.compile(r"^vgl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
@@ -156,7 +155,7 @@ def check_spec(
     tenant: str, roles: Iterable[str], expires_at: datetime | None, networks: Iterable[str]
 ) -> tuple[tuple[Role, ...], tuple[str, ...]]:
     """Validated roles and normalised networks of a key about to be created."""
-    if not _TENANT.fullmatch(tenant):
+    if not is_tenant_name(tenant):
         raise InvalidKeySpecError("tenant", f"{tenant!r} must match {TENANT_PATTERN}")
     parsed: list[Role] = []
     for role in roles:

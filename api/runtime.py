@@ -51,12 +51,13 @@ def tuned_for_service(
     if gil_switch_seconds is not None:
         sys.setswitchinterval(gil_switch_seconds)
     cpus = _cpus()
-    if one_cpu and len(cpus) > 1:
+    pinned = one_cpu and len(cpus) > 1
+    if pinned:
         _set_cpus({max(cpus)})
     try:
         yield
     finally:
-        if one_cpu and len(cpus) > 1:
+        if pinned:
             _set_cpus(cpus)
         sys.setswitchinterval(switch)
         gc.set_threshold(*thresholds)

@@ -183,8 +183,13 @@ def format_timestamp(moment: datetime) -> str:
     return utc.isoformat(timespec="microseconds") + "Z"
 
 
+def is_tenant_name(name: object) -> bool:
+    """Whether ``name`` is a tenant name: the whole of it matches ``TENANT_PATTERN``."""
+    return isinstance(name, str) and _TENANT.fullmatch(name) is not None
+
+
 def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+    if not is_tenant_name(tenant):
         raise InvalidEventError(
             [FieldProblem(0, "tenant", f"{tenant!r} must match {TENANT_PATTERN}")]
         )
