@@ -39,7 +39,7 @@ from audit_core import (
     TenantNotFoundError,
     verify_tenant,
 )
-from audit_core.schema import TENANT_PATTERN, format_timestamp, normalise_batch
+from audit_core.schema import TENANT_PATTERN, format_timestamp, normalise_batch, parse_json
 
 app = typer.Typer(
     name="vigil",
@@ -110,8 +110,8 @@ def parse_events(text: str, source: str) -> list[tuple[str, Any]]:
         fail(f"{source}: no events", 2)
     if stripped[0] in "[{":
         try:
-            whole = orjson.loads(text)
-        except orjson.JSONDecodeError:
+            whole = parse_json(text)
+        except ValueError:
             whole = None  # more than one value: JSON Lines
         if isinstance(whole, list):
             return [(f"{source}: element {i}", event) for i, event in enumerate(whole)]
@@ -122,8 +122,8 @@ def parse_events(text: str, source: str) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            events.append((f"{source}: line {number}", orjson.loads(line)))
-        except orjson.JSONDecodeError as error:
+            events.append((f"{source}: line {number}", parse_json(line)))
+        except ValueError as error:
             fail(f"{source}: line {number}: not valid JSON: {error}", 2)
     return events
 

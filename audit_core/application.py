@@ -36,7 +36,13 @@ from audit_core.persistence import (
     SQLiteLedgerRecorder,
     StoreTurn,
 )
-from audit_core.schema import Limits, check_tenant, normalise_events
+from audit_core.schema import (
+    Limits,
+    NormalisedBatch,
+    check_tenant,
+    normalise_events,
+    normalise_json,
+)
 
 Record = dict[str, Any]
 
@@ -223,20 +229,21 @@ class Ledger(Application[UUID]):
         """
         return self.record_prepared(self.prepare(tenant, events))
 
-    def prepare(
-        self,
-        tenant: str,
-        events: Sequence[Mapping[str, Any]],
-        *,
-        schema_checked: bool = False,
-    ) -> PreparedBatch:
-        """Validate a batch and key its ids; refuses an id used twice in it.
-
-        ``schema_checked``: the events come from ``schema.checked_events``.
-        """
-        batch = normalise_events(
-            events, tenant, datetime.now(UTC), self.limits, schema_checked=schema_checked
+    def prepare(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> PreparedBatch:
+        """Validate a batch and key its ids; refuses an id used twice in it."""
+        return self.prepare_normalised(
+            tenant, normalise_events(events, tenant, datetime.now(UTC), self.limits)
         )
+
+    def prepare_json(self, tenant: str, body: bytes, *, batch: bool) -> PreparedBatch | None:
+        """``prepare`` of a JSON event or array of events, in one pass; None if any of
+        it is not valid (then parse it and ``prepare`` the events, to learn why)."""
+        normalised = normalise_json(
+            body, batch=batch, tenant=tenant, now=datetime.now(UTC), limits=self.limits
+        )
+        return None if normalised is None else self.prepare_normalised(tenant, normalised)
+
+    def prepare_normalised(self, tenant: str, batch: NormalisedBatch) -> PreparedBatch:
         keys = [self._id_key(content["id"]) for content in batch.contents]
         _refuse_repeated_ids(tenant, batch.contents, keys)
         return PreparedBatch(tenant, batch.contents, keys, batch.with_floats)

@@ -36,8 +36,8 @@ from audit_core.schema import (
     ACTION_PATTERN,
     Outcome,
     Source,
-    checked_events,
     format_timestamp,
+    parse_json,
 )
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=ERRORS)
@@ -115,8 +115,8 @@ async def record_events(request: Request) -> Response:
 
 def _parse(services: Services, body: bytes) -> Any:
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
+        return parse_json(body)
+    except ValueError as error:
         services.metrics.ingest_errors.labels("invalid").inc()
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"body: not valid JSON ({error})"
@@ -127,11 +127,11 @@ def _prepare(services: Services, tenant: str, body: bytes, *, batch: bool) -> Pr
     """The body's events, validated and keyed. Valid ones are parsed and checked in one
     pass; the others are parsed and validated event by event, which names every
     problem (or says that the body is not JSON)."""
-    events: Sequence[Any] | None = checked_events(body, batch=batch)
-    schema_checked = events is not None
-    if events is None:
-        payload = _parse(services, body)
-        events = payload if batch else [payload]
+    prepared = services.ledger.prepare_json(tenant, body, batch=batch)
+    if prepared is not None:
+        return prepared
+    payload = _parse(services, body)
+    events: Sequence[Any] = payload if batch else [payload]
     limit = services.ledger.limits.max_batch_events
     if len(events) > limit:
         raise InvalidEventError(
@@ -144,7 +144,7 @@ def _prepare(services: Services, tenant: str, body: bytes, *, batch: bool) -> Pr
                 )
             ]
         )
-    return services.ledger.prepare(tenant, events, schema_checked=schema_checked)
+    return services.ledger.prepare(tenant, events)
 
 
 def _timestamp(name: str, value: str | None) -> str | None:

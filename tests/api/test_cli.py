@@ -149,6 +149,15 @@ def test_an_invalid_field_exits_2_naming_line_and_field_and_records_nothing(vigi
     assert vigil.ledger().size("default") == 0
 
 
+def test_an_integer_beyond_64_bits_is_refused_not_rounded_to_a_float(vigil: Vigil) -> None:
+    text = orjson.dumps(audit_event("big", metadata={"n": 0})).decode()
+    big = text.replace('"n":0', '"n":[12345678901234567890123]')
+    result = vigil("record", stdin=big)
+    assert result.exit_code == 2, result.output
+    assert "field 'metadata'" in result.stderr and "send it as a string" in result.stderr
+    assert vigil.ledger().tenants() == []
+
+
 def test_blank_lines_do_not_shift_the_line_numbers_in_errors(vigil: Vigil) -> None:
     text = jsonl(audit_events(1)) + "\n   \n" + jsonl([audit_event("bad", outcome="meh")])
     result = vigil("record", vigil.file(text))
