@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import IO, Any, Literal, get_args
+from typing import IO, Any, Final, Literal, get_args
 
 import msgspec
 import psycopg
@@ -56,11 +56,14 @@ log = logging.getLogger(__name__)
 
 Order = Literal["desc", "asc"]
 
-TABLE = "trail_index_v2"
+TABLE = "trail_index_v3"
 """The read model's table. Its name changes with its shape: a process that finds the
 previous one drops it, and the follower, which tracks its position under the same name,
 rebuilds the new one from the ledger's first event."""
-_PREVIOUS_TABLES = ("trail_index",)
+_PREVIOUS_TABLES = ("trail_index", "trail_index_v2")
+TEXT_TABLE = "trail_text_v3"
+"""On PostgreSQL, the text of blocks of consecutive rows, which the free text search
+reads first (``PostgresTrailView``)."""
 
 _COLUMNS = (
     "tenant, seq, occurred_at, actor_id, action, action_ns, target_type, target_id, "
@@ -301,13 +304,43 @@ def _where(query: TrailQuery) -> tuple[str, list[Any]]:
         clauses.append("occurred_at < ?")
         params.append(query.until)
     if query.text:
-        escaped = query.text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         clauses.append("search LIKE ? ESCAPE '\\'")
-        params.append(f"%{escaped}%")
+        params.append(_like_pattern(query.text))
     if query.after_seq is not None:
         clauses.append("seq < ?" if query.order == "desc" else "seq > ?")
         params.append(query.after_seq)
     return " AND ".join(clauses), params
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern for ``text`` anywhere; its wildcards travel escaped."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+TextBlock = tuple[int, str, int, int, str]
+"""tenant key, tenant, first seq, last seq, and the distinct search texts of the rows."""
+_TENANT: Final = 0
+_SEQ: Final = 1
+_SEARCH: Final = 10
+_KEY: Final = 11
+
+
+def text_blocks(rows: Sequence[Row], rows_per_block: int) -> list[TextBlock]:
+    """The rows of each tenant, in runs of ``rows_per_block``, each run with the
+    distinct search texts of its rows; a run with no text has no block."""
+    by_tenant: dict[str, list[Row]] = {}
+    for row in rows:
+        by_tenant.setdefault(row[_TENANT], []).append(row)
+    blocks: list[TextBlock] = []
+    for tenant, own in by_tenant.items():
+        own.sort(key=lambda row: row[_SEQ])
+        for start in range(0, len(own), rows_per_block):
+            run = own[start : start + rows_per_block]
+            text = "\n".join(dict.fromkeys(row[_SEARCH] for row in run if row[_SEARCH]))
+            if text:
+                blocks.append((run[0][_KEY], tenant, run[0][_SEQ], run[-1][_SEQ], text))
+    return blocks
 
 
 @dataclass
@@ -466,8 +499,18 @@ class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
 
 class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     """On PostgreSQL, text columns compared with ``COLLATE "C"`` (byte order, so the
-    action-prefix range is exact) and a trigram index for the metadata substring search
-    when the ``pg_trgm`` extension can be created."""
+    action-prefix range is exact).
+
+    The free text search reads blocks first: ``TEXT_TABLE`` holds, for each run of
+    ``text_block_rows`` consecutive rows of a tenant, the distinct search texts of the
+    run, with a trigram index when the ``pg_trgm`` extension can be created. A search
+    finds the blocks whose text holds the words, newest first, and checks only their
+    rows. Metadata values repeat from event to event, so a block holds far fewer
+    trigrams than its rows: a trigram index of every row cost each row 7 µs of the
+    database's time, about a third of its insert; the blocks cost about 1 µs.
+    """
+
+    text_block_rows = 64
 
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
         super().__init__(datastore, **kwargs)
@@ -500,16 +543,31 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
                     columns=SQL(columns),
                 )
             )
+        self.text_table = f'"{datastore.schema}".{TEXT_TABLE}'
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
+                f"tenant_key bigint NOT NULL, tenant {text} NOT NULL, "
+                "first_seq bigint NOT NULL, last_seq bigint NOT NULL, search text NOT NULL, "
+                "PRIMARY KEY (tenant_key, last_seq, tenant))"
+            ).format(schema=schema, table=Identifier(TEXT_TABLE))
+        )
         self._copy = SQL(
             "COPY {schema}.{table} (" + _COLUMNS + ") FROM STDIN (FORMAT BINARY)"
         ).format(schema=schema, table=table)
+        self._copy_blocks = SQL(
+            "COPY {schema}.{table} (tenant_key, tenant, first_seq, last_seq, search) "
+            "FROM STDIN (FORMAT BINARY)"
+        ).format(schema=schema, table=Identifier(TEXT_TABLE))
         self._trigram_index = SQL(
             "CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} USING gin (search gin_trgm_ops)"
-        ).format(index=Identifier(f"{TABLE}_search"), schema=schema, table=table)
+        ).format(
+            index=Identifier(f"{TEXT_TABLE}_search"), schema=schema, table=Identifier(TEXT_TABLE)
+        )
 
     def create_table(self) -> None:
         super().create_table()
-        # Optional: without pg_trgm the substring search scans the tenant's rows.
+        # Optional: without pg_trgm the free text search scans the tenant's blocks.
         with contextlib.suppress(Exception), self.datastore.transaction(commit=True) as curs:
             curs.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         with contextlib.suppress(Exception), self.datastore.transaction(commit=True) as curs:
@@ -521,19 +579,48 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
                 copy.set_types(["text", "int8", *["text"] * (_WIDTH - 3), "int8"])
                 for row in rows:
                     copy.write_row(row)
+            with curs.copy(self._copy_blocks) as copy:
+                copy.set_types(["int8", "text", "int8", "int8", "text"])
+                for block in text_blocks(rows, self.text_block_rows):
+                    copy.write_row(block)
             self._insert_tracking(curs, tracking)
 
     def query(self, query: TrailQuery) -> SeqPage:
         """An action prefix, or an outcome or a source alone, is served by merging reads
-        of an index shared with other filters (``_SQLITE_INDEXES`` says why)."""
+        of an index shared with other filters (``_SQLITE_INDEXES`` says why); free text
+        without an actor, action or target, from the blocks of text."""
         if query.action is not None and query.action.endswith("*"):
             return self._query_action_prefix(query)
-        given = {name for name in _FAN_OUT if getattr(query, name) is not None}
         others = (query.actor_id, query.action, query.target_type, query.target_id)
+        if query.text and all(value is None for value in others):
+            return self._query_text(query)
+        given = {name for name in _FAN_OUT if getattr(query, name) is not None}
         if len(given) == 1 and all(value is None for value in others):
             (filtered,) = given
             return self._query_fanned_out(query, "source" if filtered == "outcome" else "outcome")
         return super().query(query)
+
+    def _query_text(self, query: TrailQuery) -> SeqPage:
+        # The blocks whose text holds the words, newest first (or oldest), each read by
+        # its seq range. Blocks of a tenant do not overlap, so ordering by block, then by
+        # seq, is the seq order and the join stops once it has a page.
+        assert query.text
+        where, params = _where(query)
+        direction = "DESC" if query.order == "desc" else "ASC"
+        blocks = "b.tenant_key = ? AND b.tenant = ? AND b.search LIKE ? ESCAPE '\\'"
+        blocks_params: list[Any] = [tenant_key(query.tenant), query.tenant]
+        blocks_params.append(_like_pattern(query.text))
+        if query.after_seq is not None:
+            blocks += " AND b.first_seq < ?" if query.order == "desc" else " AND b.last_seq > ?"
+            blocks_params.append(query.after_seq)
+        statement = (
+            f"SELECT page.seq FROM {self.text_table} b CROSS JOIN LATERAL (SELECT seq "
+            f"FROM {self.table} WHERE seq BETWEEN b.first_seq AND b.last_seq AND {where} "
+            f"ORDER BY seq {direction}) page WHERE {blocks} "
+            f"ORDER BY b.last_seq {direction}, page.seq {direction} LIMIT ?"
+        )
+        rows = self._select(statement, [*params, *blocks_params, query.limit + 1])
+        return _page(query, [row[0] for row in rows])
 
     def _query_fanned_out(self, query: TrailQuery, column: str) -> SeqPage:
         # An outcome (or a source) alone: the (outcome, source) index read once per
@@ -585,7 +672,11 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     def clear(self, application_name: str) -> None:
         tracking = Identifier(self.datastore.schema, self.tracking_table_name)
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(SQL("TRUNCATE {table}").format(table=SQL(self.table)))
+            curs.execute(
+                SQL("TRUNCATE {table}, {text}").format(
+                    table=SQL(self.table), text=SQL(self.text_table)
+                )
+            )
             curs.execute(
                 SQL("DELETE FROM {tracking} WHERE application_name = %s").format(tracking=tracking),
                 [application_name],

@@ -58,7 +58,7 @@ from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
 from api.keys import KeyStore
 from api.settings import Settings
 from audit_core import Ledger, LedgerBusyError, Limits
-from audit_core.readmodel import TABLE, TrailQuery, close_view, open_view
+from audit_core.readmodel import TABLE, TEXT_TABLE, TrailQuery, close_view, open_view
 
 TENANT = "acme-support"
 BATCH_TARGET = 20_000
@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # planner the statistics a server that grew its trail over time has.
                 started = time.perf_counter()
                 with connect(env) as stats:
-                    stats.execute(f'ANALYZE "{schema}".{TABLE}')
+                    stats.execute(f'ANALYZE "{schema}".{TABLE}, "{schema}".{TEXT_TABLE}')
                 analyze = time.perf_counter() - started
                 total = args.trail + args.single_events
                 shapes: list[tuple[str, dict[str, str]]] = [
@@ -470,7 +470,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         },
                     ),
                     ("source + actor", {"source": "app", "actor_id": "svc-billing"}),
-                    ("free text", {"q": "de-de", "actor_id": "u-1012"}),
+                    ("free text + actor", {"q": "de-de", "actor_id": "u-1012"}),
+                    ("free text, common", {"q": "support-apac"}),
+                    ("free text, absent", {"q": "refund-4242"}),
                 ]
                 from urllib.parse import urlencode
 

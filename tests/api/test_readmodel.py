@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Any
 
 import pytest
 from eventsourcing.persistence import MapperDeserialisationError
@@ -147,7 +148,10 @@ def test_one_follower_leads_and_another_takes_over_when_it_stops(store: Store) -
     close_view(second_view)
 
 
-def test_a_read_model_of_an_earlier_version_is_replaced_and_rebuilt(store: Store) -> None:
+@pytest.mark.parametrize("previous", readmodel._PREVIOUS_TABLES)
+def test_a_read_model_of_an_earlier_version_is_replaced_and_rebuilt(
+    store: Store, previous: str
+) -> None:
     ledger = store.open_ledger()
     env = store.settings().ledger_env()
     ledger.record("acme", audit_events(12))
@@ -156,7 +160,7 @@ def test_a_read_model_of_an_earlier_version_is_replaced_and_rebuilt(store: Store
     follower.run_once(follower.position())
     close_view(view)
     # As an earlier version left it: its own table, and a position tracked for it.
-    table = store.trail_index_table.replace("trail_index_v2", "trail_index")
+    table = store.trail_index_table.replace(readmodel.TABLE, previous)
     store._run(f"CREATE TABLE {table} (tenant TEXT, seq INTEGER)")
     store._run(f"INSERT INTO {table} VALUES ('acme', 0)")
 
@@ -307,3 +311,78 @@ def test_outcome_and_source_queries_page_through_every_match_in_order(
     query = TrailQuery(tenant="acme", order=order, limit=6, **filters)  # type: ignore[arg-type]
     assert [seq for page in view.iter_seqs(query, page_size=6) for seq in page] == expected
     close_view(view)
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"text": "emea"},  # most records
+        {"text": "needle"},  # two records, far apart
+        {"text": "emea\nsupport-apac"},  # spans two texts of a block, in no record
+        {"text": "emea", "outcome": "failure"},
+        {"text": "support", "since": "2024-05-01T00:30:00.000000Z"},
+        {"text": "absent"},
+    ],
+)
+def test_free_text_pages_through_every_match_in_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch, order: str, filters: dict[str, str]
+) -> None:
+    monkeypatch.setattr(readmodel.PostgresTrailView, "text_block_rows", 4)
+    monkeypatch.setattr(readmodel, "tenant_key", lambda tenant: 42)  # tenants collide
+    events = [
+        audit_event(
+            f"e-{n}",
+            outcome="failure" if n % 3 else "success",
+            occurred_at=f"2024-05-01T00:{n % 60:02d}:00Z",
+            metadata={
+                "team": "support-emea" if n % 5 else "support-apac",
+                **({"note": "Needle in row"} if n in (2, 57) else {}),
+            },
+        )
+        for n in range(60)
+    ]
+    ledger = store.open_ledger()
+    ledger.record("globex", events[:30])
+    records = ledger.record("acme", events[:30])
+    ledger.record("globex", events[30:])
+    records += ledger.record("acme", events[30:])
+    view = open_view(store.settings().ledger_env())
+    follower = ReadModelFollower(ledger, view, page_size=25)  # blocks cut across pages
+    position, applied = 0, 1
+    while applied:
+        position, applied = follower.run_once(position)
+
+    def matches(record: dict[str, Any]) -> bool:
+        text = filters["text"]
+        if not any(text in value.lower() for value in record["metadata"].values()):
+            return False
+        if "since" in filters and record["occurred_at"] < filters["since"]:
+            return False
+        return "outcome" not in filters or record["outcome"] == filters["outcome"]
+
+    expected = [r["seq"] for r in records if matches(r)]
+    if order == "desc":
+        expected.reverse()
+    query = TrailQuery(tenant="acme", order=order, limit=5, **filters)  # type: ignore[arg-type]
+    assert [seq for page in view.iter_seqs(query, page_size=5) for seq in page] == expected
+    close_view(view)
+
+
+def test_text_blocks_hold_each_tenants_distinct_texts_in_runs() -> None:
+    def row(tenant: str, seq: int, search: str) -> readmodel.Row:
+        return (tenant, seq, "", "", "", "", None, None, "", "", search, 7)
+
+    rows = [
+        row("acme", 0, "emea"),
+        row("globex", 0, "apac"),
+        row("acme", 1, "emea"),
+        row("acme", 2, ""),
+        row("acme", 3, "apac"),
+        row("globex", 1, ""),
+    ]
+    assert readmodel.text_blocks(rows, 3) == [
+        (7, "acme", 0, 2, "emea"),
+        (7, "acme", 3, 3, "apac"),
+        (7, "globex", 0, 1, "apac"),
+    ]
