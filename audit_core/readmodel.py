@@ -575,6 +575,10 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
 
     def project(self, rows: Sequence[Row], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
+            # The page and its position are rebuilt from the ledger if a crash loses
+            # them (together: it is one transaction), so the commit need not wait for
+            # the disk; the ledger's own commits always do.
+            curs.execute("SET LOCAL synchronous_commit TO off")
             with curs.copy(self._copy) as copy:
                 copy.set_types(["text", "int8", *["text"] * (_WIDTH - 3), "int8"])
                 for row in rows:

@@ -154,7 +154,8 @@ def test_an_integer_beyond_64_bits_is_refused_not_rounded_to_a_float(vigil: Vigi
     big = text.replace('"n":0', '"n":[12345678901234567890123]')
     result = vigil("record", stdin=big)
     assert result.exit_code == 2, result.output
-    assert "field 'metadata'" in result.stderr and "send it as a string" in result.stderr
+    assert "field 'metadata'" in result.stderr
+    assert "send it as a string" in result.stderr
     assert vigil.ledger().tenants() == []
 
 
