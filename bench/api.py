@@ -47,10 +47,13 @@ from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
     Spool,
     batched,
     connect,
+    cpu_seconds,
     decoded,
+    descendants,
     fresh_schema,
     ledger_env,
     make_events,
+    postgres_pids,
     record_with_vigil,
     with_schema,
 )
@@ -195,46 +198,6 @@ def ledger_single_events(env: dict[str, str], events: Sequence[bytes], clients: 
 # -- where the CPU goes (Linux /proc; figures are left out elsewhere) ----------------------
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _descendants(root: int) -> list[int]:
-    parents = {pid: int(fields[1]) for pid in _pids() if (fields := _stat(pid))}
-    tree = {root}
-    for _ in range(4):
-        tree |= {pid for pid, parent in parents.items() if parent in tree}
-    return sorted(tree)
-
-
-def _postgres_pids() -> list[int]:
-    found = []
-    for pid in _pids():
-        try:
-            with open(f"/proc/{pid}/comm") as comm:
-                if comm.read().strip() == "postgres":
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def _cpu_seconds(pids: Sequence[int]) -> float:
-    ticks = 0
-    for pid in pids:
-        if fields := _stat(pid):
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _machine_busy() -> tuple[int, int]:
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
@@ -252,9 +215,9 @@ class CpuAccount:
 
     def _read(self) -> tuple[float, float, float, tuple[int, int]]:
         return (
-            _cpu_seconds(_descendants(self.server_pid)),
-            _cpu_seconds(_postgres_pids()),
-            _cpu_seconds([os.getpid()]),
+            cpu_seconds(descendants(self.server_pid)),
+            cpu_seconds(postgres_pids()),
+            cpu_seconds([os.getpid()]),
             _machine_busy(),
         )
 

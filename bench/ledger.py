@@ -207,6 +207,52 @@ def ledger_env(url: str, schema: str) -> dict[str, str]:
     return Settings(database_url=with_schema(url, schema), encryption_key=None).ledger_env()
 
 
+# -- CPU time of processes (Linux) --------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def descendants(root: int) -> list[int]:
+    parents = {pid: int(fields[1]) for pid in _pids() if (fields := _stat(pid))}
+    tree = {root}
+    for _ in range(4):
+        tree |= {pid for pid, parent in parents.items() if parent in tree}
+    return sorted(tree)
+
+
+def postgres_pids() -> list[int]:
+    """The PostgreSQL server's processes on this machine: backends and background
+    workers (WAL writer, checkpointer), whose CPU a write costs too."""
+    found = []
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                if comm.read().strip() == "postgres":
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU time of these processes so far (Linux ``/proc``)."""
+    ticks = 0
+    for pid in pids:
+        if fields := _stat(pid):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 # -- the measurements ----------------------------------------------------------------------
 
 
