@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +19,24 @@ from tests.stores import Store
 def _seqs(view: object, tenant: str) -> list[int]:
     query = TrailQuery(tenant=tenant, order="asc", limit=100_000)
     return [seq for page in view.iter_seqs(query) for seq in page]  # type: ignore[attr-defined]
+
+
+def assert_pages_through_matches(
+    view: object,
+    records: list[dict[str, Any]],
+    matches: Callable[[dict[str, Any]], bool],
+    order: str,
+    filters: dict[str, str],
+    page_size: int,
+) -> None:
+    """Paging through the query of ``filters`` in acme yields the matching records'
+    seqs, each once, in order."""
+    expected = [r["seq"] for r in records if matches(r)]
+    if order == "desc":
+        expected.reverse()
+    query = TrailQuery(tenant="acme", order=order, limit=page_size, **filters)  # type: ignore[arg-type]
+    pages = view.iter_seqs(query, page_size=page_size)  # type: ignore[attr-defined]
+    assert [seq for page in pages for seq in page] == expected
 
 
 def test_a_restarted_follower_resumes_without_skipping_or_repeating(store: Store) -> None:
@@ -293,7 +312,7 @@ def test_outcome_and_source_queries_page_through_every_match_in_order(
     view = open_view(store.settings().ledger_env())
     ReadModelFollower(ledger, view).run_once(0)
 
-    def matches(record: dict[str, object]) -> bool:
+    def matches(record: dict[str, Any]) -> bool:
         for name, value in filters.items():
             if name == "text":
                 if value not in str(record["metadata"]):
@@ -305,11 +324,7 @@ def test_outcome_and_source_queries_page_through_every_match_in_order(
                 return False
         return True
 
-    expected = [r["seq"] for r in records if matches(r)]
-    if order == "desc":
-        expected.reverse()
-    query = TrailQuery(tenant="acme", order=order, limit=6, **filters)  # type: ignore[arg-type]
-    assert [seq for page in view.iter_seqs(query, page_size=6) for seq in page] == expected
+    assert_pages_through_matches(view, records, matches, order, filters, page_size=6)
     close_view(view)
 
 
@@ -361,11 +376,7 @@ def test_free_text_pages_through_every_match_in_order(
             return False
         return "outcome" not in filters or record["outcome"] == filters["outcome"]
 
-    expected = [r["seq"] for r in records if matches(r)]
-    if order == "desc":
-        expected.reverse()
-    query = TrailQuery(tenant="acme", order=order, limit=5, **filters)  # type: ignore[arg-type]
-    assert [seq for page in view.iter_seqs(query, page_size=5) for seq in page] == expected
+    assert_pages_through_matches(view, records, matches, order, filters, page_size=5)
     close_view(view)
 
 
