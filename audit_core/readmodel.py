@@ -504,8 +504,8 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     run, with a trigram index when the ``pg_trgm`` extension can be created. A search
     finds the blocks whose text holds the words, newest first, and checks only their
     rows. Metadata values repeat from event to event, so a block holds far fewer
-    trigrams than its rows: a trigram index of every row cost each row 7 µs of the
-    database's time, about a third of its insert; the blocks cost about 1 µs.
+    trigrams than its rows: a trigram index of every row had cost the database 5 to 7
+    µs more per row than the blocks do (``bench/readmodel.py``).
     """
 
     text_block_rows = 64
@@ -610,8 +610,7 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
         where, params = _where(query)
         direction = "DESC" if query.order == "desc" else "ASC"
         blocks = "b.tenant_key = ? AND b.tenant = ? AND b.search LIKE ? ESCAPE '\\'"
-        blocks_params: list[Any] = [tenant_key(query.tenant), query.tenant]
-        blocks_params.append(_like_pattern(query.text))
+        blocks_params = [tenant_key(query.tenant), query.tenant, _like_pattern(query.text)]
         if query.after_seq is not None:
             blocks += " AND b.first_seq < ?" if query.order == "desc" else " AND b.last_seq > ?"
             blocks_params.append(query.after_seq)
