@@ -230,10 +230,8 @@ class Ledger(Application[UUID]):
         return self.record_prepared(self.prepare(tenant, events))
 
     def prepare(self, tenant: str, events: Sequence[Mapping[str, Any]]) -> PreparedBatch:
-        """Validate a batch and key its ids; refuses an id used twice in it."""
-        return self.prepare_normalised(
-            tenant, normalise_events(events, tenant, datetime.now(UTC), self.limits)
-        )
+        """Validate a batch and key its ids."""
+        return self._keyed(tenant, normalise_events(events, tenant, datetime.now(UTC), self.limits))
 
     def prepare_json(self, tenant: str, body: bytes, *, batch: bool) -> PreparedBatch | None:
         """``prepare`` of a JSON event or array of events, in one pass; None if any of
@@ -241,9 +239,10 @@ class Ledger(Application[UUID]):
         normalised = normalise_json(
             body, batch=batch, tenant=tenant, now=datetime.now(UTC), limits=self.limits
         )
-        return None if normalised is None else self.prepare_normalised(tenant, normalised)
+        return None if normalised is None else self._keyed(tenant, normalised)
 
-    def prepare_normalised(self, tenant: str, batch: NormalisedBatch) -> PreparedBatch:
+    def _keyed(self, tenant: str, batch: NormalisedBatch) -> PreparedBatch:
+        """A normalised batch with its ids keyed; refuses an id used twice in it."""
         keys = [self._id_key(content["id"]) for content in batch.contents]
         _refuse_repeated_ids(tenant, batch.contents, keys)
         return PreparedBatch(tenant, batch.contents, keys, batch.with_floats)
