@@ -28,8 +28,10 @@ from audit_core.readmodel import InvalidQueryError
 log = structlog.get_logger("vigil.api")
 
 
-def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> Response:
-    body: dict[str, Any] = {"detail": detail}
+def problem(
+    status: int, detail: str, problems: list[dict[str, Any]] | None = None, **extra: Any
+) -> Response:
+    body: dict[str, Any] = {"detail": detail, **extra}
     if problems is not None:
         body["problems"] = problems
     headers = {"Retry-After": "1"} if status == 503 else None
