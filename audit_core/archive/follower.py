@@ -1,0 +1,194 @@
+"""The archiver: a sink follower that cuts each tenant's records into segments and
+writes them, with their digests, to S3.
+
+Records are held per tenant until a segment closes: at ``segment_records`` records, or
+on the runner's tick once its first record was received ``segment_seconds`` ago (by its
+``received_at``, so that a restart does not restart the wait). ``deliver``
+and ``flush`` return the highest notification id whose records are all in written
+segments, so the runner's position never passes a record that is only in memory; after
+a crash the records after that position are read again, those already archived are
+recognised by their seq (S3's chain head says how far each tenant is) and the rest are
+cut and written again.
+
+S3 errors propagate: the runner retries with backoff while ingest goes on, and the
+follower's lag shows in ``vigil status``, ``/readyz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import TrackingRecorder
+
+from audit_core.archive.segments import Segment
+from audit_core.archive.writer import ArchiveWriter, ChainHead
+from audit_core.canonical import canonical_bytes
+from audit_core.followers.follower import Page, PoisonRecordError, Sink
+
+
+@dataclass
+class _Open:
+    """A tenant's records waiting for their segment to close."""
+
+    head: ChainHead
+    lines: list[bytes] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)
+    opened: float = 0.0
+    """When the first held record was received (seconds since the epoch)."""
+    end: int | None = None
+    """The last seq of a segment found written without its digest: this segment must
+    end there too, to be the same one."""
+    end_checked: bool = False
+    last_hash: str = ""
+
+    @property
+    def next_seq(self) -> int:
+        return self.head.next_seq + len(self.lines)
+
+
+class ArchiveFollower(Sink):
+    """Archives every tenant's log to S3 (see ``docs/archive.md``)."""
+
+    def __init__(
+        self,
+        writer: ArchiveWriter,
+        tracking: TrackingRecorder,
+        *,
+        segment_records: int = 10_000,
+        segment_seconds: float = 60.0,
+        name: str = "archive",
+        clock: Callable[[], float] = time.time,
+    ):
+        self.writer = writer
+        self.tracking = tracking
+        self.name = name
+        self.segment_records = segment_records
+        self.segment_seconds = segment_seconds
+        self.clock = clock
+        self._open: dict[str, _Open] = {}
+        self._delivered = 0
+        """The position of the last page delivered."""
+        self.segments_written = 0
+        self.records_written = 0
+
+    # -- the runner's hooks -------------------------------------------------------------
+
+    def deliver(self, page: Page) -> int | None:
+        records = page.records
+        for index, record in enumerate(records):
+            self._take(record, page.ids[index], index)
+        self._delivered = max(self._delivered, page.position)
+        for state in list(self._open.values()):
+            while state.lines and self._due(state, by_time=False):
+                if not self._close(state):
+                    break
+        return self._confirmed()
+
+    def flush(self) -> int | None:
+        for state in list(self._open.values()):
+            while state.lines and self._due(state, by_time=True):
+                if not self._close(state):
+                    break
+        confirmed = self._confirmed()
+        return confirmed if confirmed <= self._delivered else None
+
+    def reload(self) -> None:
+        # The runner reads again from the stored position; S3 says where each tenant is.
+        self._open.clear()
+        self._delivered = 0
+
+    def clear(self) -> None:
+        """Start following from the ledger's first record again. What S3 holds stays
+        (it is locked); records already archived are recognised and skipped."""
+        self.reload()
+        rewind = getattr(self.tracking, "rewind", None)
+        if rewind is not None:
+            rewind(self.name, 0)
+
+    # -- segments -----------------------------------------------------------------------
+
+    def _take(self, record: dict[str, Any], notification_id: int, index: int) -> None:
+        tenant, seq = record["tenant"], record["seq"]
+        state = self._open.get(tenant)
+        if state is None:
+            head = self.writer.load_head(tenant, near=record["received_at"])
+            state = self._open[tenant] = _Open(head, last_hash=head.last_hash)
+        if seq < state.next_seq:
+            return  # archived already, or held already
+        if seq > state.next_seq:
+            raise PoisonRecordError(
+                f"tenant {tenant!r}: the ledger gave seq {seq} but the archive ends before "
+                f"seq {state.next_seq}; objects are missing from the archive or the "
+                "follower's position is ahead of it (`vigil archive verify` says which)",
+                index,
+            )
+        content = {key: value for key, value in record.items() if key != "hash"}
+        line = canonical_bytes(content)
+        if hashlib.sha256(line).hexdigest() != record["hash"]:
+            raise PoisonRecordError(
+                f"tenant {tenant!r} seq {seq}: the record does not hash to its stored hash; "
+                "its storage was changed behind the ledger's back (run `vigil verify`)",
+                index,
+            )
+        if record["prev_hash"] != state.last_hash:
+            raise PoisonRecordError(
+                f"tenant {tenant!r} seq {seq}: prev_hash is not the hash of the record "
+                "archived before it (run `vigil verify`)",
+                index,
+            )
+        if not state.lines:
+            state.opened = _epoch(record["received_at"])
+        state.lines.append(line)
+        state.ids.append(notification_id)
+        state.received.append(record["received_at"])
+        state.last_hash = record["hash"]
+
+    def _due(self, state: _Open, *, by_time: bool) -> bool:
+        if not state.end_checked:
+            state.end = self.writer.written_end(state.head, state.received[0])
+            state.end_checked = True
+        if state.end is not None:
+            return state.next_seq > state.end
+        if len(state.lines) >= self.segment_records:
+            return True
+        return by_time and self.clock() - state.opened >= self.segment_seconds
+
+    def _close(self, state: _Open) -> bool:
+        """Write the segment that is due; False if it must wait (no checkpoint yet)."""
+        if state.end is not None:
+            count = state.end - state.head.next_seq + 1
+        else:
+            count = min(len(state.lines), self.segment_records)
+        segment = Segment(
+            tenant=state.head.tenant,
+            first_seq=state.head.next_seq,
+            lines=tuple(state.lines[:count]),
+            first_received_at=state.received[0],
+            last_received_at=state.received[count - 1],
+        )
+        head = self.writer.write(state.head, segment)
+        if head is None:
+            return False
+        state.head = head
+        del state.lines[:count], state.ids[:count], state.received[:count]
+        state.end, state.end_checked = None, True
+        if state.received:
+            state.opened = _epoch(state.received[0])
+        self.segments_written += 1
+        self.records_written += count
+        return True
+
+    def _confirmed(self) -> int:
+        """Every record up to this notification id is in a written segment."""
+        held = [state.ids[0] for state in self._open.values() if state.ids]
+        return min(held) - 1 if held else self._delivered
+
+
+def _epoch(received_at: str) -> float:
+    return datetime.fromisoformat(received_at.replace("Z", "+00:00")).timestamp()
