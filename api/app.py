@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import errors
 from api.dependencies import BEARER_SCHEME, KEYED_PREFIX
 from api.routers import events, health, keys, verify
-from api.runtime import GIL_SWITCH_SECONDS, tuned_for_service
+from api.runtime import tuned_for_service
 from api.services import Services, build_services
 from api.settings import Settings, get_settings
 from audit_core.schema import AuditEventIn
@@ -199,7 +199,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("started", database=settings.database_url.split("@")[-1])
     try:
         with tuned_for_service(
-            gil_switch_seconds=GIL_SWITCH_SECONDS,
+            collector=settings.tune_collector,
+            gil_switch_seconds=settings.gil_switch_seconds,
             one_cpu=settings.one_cpu and settings.workers == 1,
         ):
             yield
@@ -215,6 +216,11 @@ def proxy_options(settings: Settings) -> dict[str, Any]:
     process on the server's host choose the address that a key's allowlist checks."""
     proxies = settings.trusted_proxies
     return {"proxy_headers": bool(proxies), "forwarded_allow_ips": proxies or None}
+
+
+def create_serving_app() -> FastAPI:
+    """The app as ``vigil serve`` runs it: its followers run in a process of their own."""
+    return create_app(get_settings().model_copy(update={"readmodel_follow": False}))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -11,9 +11,7 @@ import getpass
 import multiprocessing
 import os
 import secrets
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -309,25 +307,25 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (VIGIL_PORT).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (VIGIL_WORKERS).")] = None,
 ) -> None:
-    """Run the HTTP API (uvicorn) on the configured database."""
+    """Run the HTTP API (uvicorn) on the configured database, and the followers."""
     import uvicorn
 
     from api.app import configure_logging, proxy_options
+    from api.commands.followers import run_worker
 
     settings = load_settings()
     configure_logging(settings.log_level)
     follower = None
     if settings.readmodel_follow:
-        # One follower for the whole server, in its own process: it neither competes
-        # with request handling for the GIL nor races the other workers' followers.
+        # The followers run in a process of their own: they neither compete with
+        # request handling for the GIL nor race the other workers' followers.
         follower = multiprocessing.get_context("spawn").Process(
-            target=follow_forever, args=(os.getpid(),), name="vigil-read-model", daemon=True
+            target=run_worker, args=(None, os.getpid()), name="vigil-worker", daemon=True
         )
         follower.start()
-        os.environ["VIGIL_READMODEL_FOLLOW"] = "false"
     try:
         uvicorn.run(
-            "api.app:create_app",
+            "api.app:create_serving_app" if follower is not None else "api.app:create_app",
             factory=True,
             host=host or settings.host,
             port=port if port is not None else settings.port,
@@ -340,75 +338,6 @@ def serve(
         if follower is not None:
             follower.terminate()
             follower.join(timeout=15)
-
-
-def follow_forever(parent_pid: int | None = None) -> None:
-    """Keep the query read model up to date until SIGTERM or SIGINT (or, when started by
-    `vigil serve`, until that process is gone: uvicorn re-raises the signal that stopped
-    it, so its own clean-up may never run)."""
-    from api.runtime import tuned_for_service
-    from audit_core.readmodel import ReadModelFollower, close_view, open_view
-
-    settings = load_settings()
-    env = settings.ledger_env()
-    ledger = Ledger(env, settings.limits())
-    view = open_view(env)
-    follower = ReadModelFollower(ledger, view, poll_interval=settings.readmodel_poll_seconds)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        with tuned_for_service():
-            follower.start()
-            while not stop.wait(1.0):
-                if parent_pid is not None and os.getppid() != parent_pid:
-                    break
-    finally:
-        follower.stop()
-        close_view(view)
-        ledger.close()
-
-
-@app.command()
-def follow() -> None:
-    """Run only the query read model's follower (when `vigil serve` runs without it)."""
-    follow_forever()
-
-
-@app.command("rebuild-read-model")
-def rebuild_read_model() -> None:
-    """Empty the query read model and rebuild it from the ledger, with progress.
-
-    For a read model that is suspect or whose indexes changed. A running follower
-    (`vigil serve`, `vigil follow`) must be stopped first; it is refused otherwise.
-    """
-    from audit_core.readmodel import ReadModelFollower, close_view, open_view
-
-    settings = load_settings()
-    with open_ledger(settings) as ledger:
-        view = open_view(settings.ledger_env())
-        try:
-            if not view.try_lead():
-                fail(
-                    "a read-model follower is running (vigil serve or vigil follow); "
-                    "stop it, then rebuild",
-                    1,
-                )
-            follower = ReadModelFollower(ledger, view)
-            view.clear(follower.app_name)
-            total = ledger.recorder.max_notification_id() or 0
-            position, rows = 0, 0
-            with _progress() as progress:
-                task = progress.add_task("rebuilding the read model", total=total)
-                while True:
-                    position, applied = follower.run_once(position)
-                    rows += applied
-                    progress.update(task, completed=position)
-                    if applied < follower.page_size:
-                        break
-            out.print(f"read model rebuilt: {rows} records, up to notification {position}")
-        finally:
-            close_view(view)  # which gives up the lead
 
 
 keys_app = typer.Typer(help="Manage API keys (tokens are shown once, stored hashed).")
@@ -529,3 +458,9 @@ def keys_revoke(
         key = store.revoke(key_id)
         _record_key_change(ledger, "api_key.revoke", key)
     out.print(f"revoked {key.key_id} ({key.tenant})")
+
+
+# Sub-commands of each area, registered last: their modules import this one.
+from api.commands import followers as _followers  # noqa: E402
+
+_followers.register(app)

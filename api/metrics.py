@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from audit_core.followers import FollowerStatus
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -54,11 +58,6 @@ class Metrics:
             registry=self.registry,
         )
         self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self.readmodel_lag = Gauge(
-            "vigil_readmodel_lag_notifications",
-            "Ledger notifications not yet applied to the query read model.",
-            registry=self.registry,
-        )
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count a request and observe its latency (the labelled series kept, not
@@ -73,8 +72,50 @@ class Metrics:
         count.inc()
         latency.observe(seconds)
 
-    def watch_lag(self, lag: Callable[[], int]) -> None:
-        self.readmodel_lag.set_function(lambda: float(lag()))
+    def watch_followers(self, statuses: Callable[[], Sequence[FollowerStatus]]) -> None:
+        """Report every follower's lag, errors and stop, read from the database at each
+        scrape (the followers may run in another process)."""
+        self.registry.register(_FollowerCollector(statuses))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _FollowerCollector(Collector):
+    def __init__(self, statuses: Callable[[], Sequence[FollowerStatus]]):
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Any]:
+        lag_events = GaugeMetricFamily(
+            "vigil_follower_lag_events",
+            "Ledger notifications the follower has not processed yet.",
+            labels=["follower"],
+        )
+        lag_seconds = GaugeMetricFamily(
+            "vigil_follower_lag_seconds",
+            "Age of the oldest record the follower has not processed yet.",
+            labels=["follower"],
+        )
+        errors = CounterMetricFamily(
+            "vigil_follower_errors",
+            "Failed attempts of the follower (retried, or stopped at a record).",
+            labels=["follower"],
+        )
+        stopped = GaugeMetricFamily(
+            "vigil_follower_stopped",
+            "1 while the follower is stopped at a record it cannot process.",
+            labels=["follower"],
+        )
+        try:
+            statuses = self._statuses()
+        except Exception:  # the database is down: /readyz says so; metrics still answer
+            statuses = []
+        for status in statuses:
+            lag_events.add_metric([status.name], status.lag_events)
+            lag_seconds.add_metric([status.name], status.lag_seconds)
+            errors.add_metric([status.name], status.errors_total)
+            stopped.add_metric([status.name], 1.0 if status.stopped else 0.0)
+        yield from (lag_events, lag_seconds, errors, stopped)
+
+    def describe(self) -> list[Any]:
+        return []  # collected at scrape time only: the database may be down at start

@@ -1,6 +1,8 @@
-"""Interpreter settings for the long-running processes: the API server and the follower.
+"""Interpreter tuning for the long-running processes (the API server, the followers):
+each one an operator's choice, off by default (``VIGIL_TUNE_COLLECTOR``,
+``VIGIL_GIL_SWITCH_SECONDS``, ``VIGIL_ONE_CPU``; measurements in docs/performance.md).
 
-Both are set for as long as a server or follower runs and put back after, so a process
+They hold for as long as a server or worker runs and are put back after, so a process
 that runs one in passing (the tests, an embedding application) keeps its own.
 """
 
@@ -13,13 +15,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-GIL_SWITCH_SECONDS = 0.0005
-"""How long a thread may hold the GIL while another waits for it. Batches are validated
-and hashed in worker threads while a group commit talks to the database; at CPython's
-default of 5 ms, the committing thread waits up to that long for the GIL after every
-round trip, and each commit stretches behind validation (batch ingest over HTTP ran
-at 15,900 to 17,100 events/s with the default and 19,200 to 21,700 with this)."""
-
 YOUNG_COLLECTION_THRESHOLD = 100_000
 """Net container allocations that start a collection of the youngest generation
 (CPython's default is 700). A batch of 500 events in flight is about 6,000 containers,
@@ -31,23 +26,32 @@ towards this threshold until it is."""
 
 @contextmanager
 def tuned_for_service(
-    *, gil_switch_seconds: float | None = None, one_cpu: bool = False
+    *,
+    collector: bool = False,
+    gil_switch_seconds: float | None = None,
+    one_cpu: bool = False,
 ) -> Iterator[None]:
-    """Collector (and, for a threaded server, GIL and CPU) settings for a service.
+    """Optional collector, GIL and CPU settings for a service.
 
-    The objects alive on entry (modules, the app, its settings and connections) live as
-    long as the service, so they are frozen out of the collector's walks.
+    ``collector``: the objects alive on entry (modules, the app, its settings and
+    connections) live as long as the service, so they are frozen out of the collector's
+    walks, and the youngest generation is collected less often.
 
-    ``one_cpu``: keep the process's threads on one of its CPUs. They share a GIL, so
-    they never run at once anyway; on one CPU, a batch's objects stay in that CPU's
-    caches as they pass from the event loop to the thread that validates them and the
-    one that commits them (batch ingest over HTTP ran 3 to 9% faster).
+    ``gil_switch_seconds``: how long a thread may hold the GIL while another waits;
+    shorter than CPython's 5 ms lets a committing thread take it back sooner after each
+    database round trip.
+
+    ``one_cpu``: keep the process's threads on one of its CPUs (the last one; the
+    follower worker is never pinned, so two Vigil processes never share one core by
+    this setting). They share a GIL, so they never run at once anyway; on one CPU, a
+    batch's objects stay in that CPU's caches between threads.
     """
     thresholds = gc.get_threshold()
     switch = sys.getswitchinterval()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
+    if collector:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *thresholds[1:])
     if gil_switch_seconds is not None:
         sys.setswitchinterval(gil_switch_seconds)
     cpus = _cpus()
@@ -60,8 +64,9 @@ def tuned_for_service(
         if pinned:
             _set_cpus(cpus)
         sys.setswitchinterval(switch)
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        if collector:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
 
 
 def _cpus() -> set[int]:

@@ -1,4 +1,4 @@
-"""The composition root: builds the ledger, read model, key store and group committer.
+"""The composition root: builds the ledger, followers, key store and group committer.
 
 Also the one helper that records the API's own actions (queries, exports, key changes)
 as audit events, so that the auditors are audited.
@@ -14,18 +14,22 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from api.followers import build_followers
 from api.group_commit import GroupCommitter
 from api.keys import ApiKey, KeyStore
 from api.metrics import Metrics
 from api.settings import Settings
 from audit_core import Ledger, PreparedBatch, Record
-from audit_core.readmodel import (
-    ReadModelFollower,
-    TrailQuery,
-    TrailView,
-    close_view,
-    open_view,
+from audit_core.followers import (
+    Follower,
+    FollowerRunner,
+    FollowerStatus,
+    FollowerStore,
+    Worker,
+    follower_status,
+    open_store,
 )
+from audit_core.readmodel import TrailQuery, TrailView, trail_view_class
 from audit_core.schema import format_timestamp
 
 
@@ -37,14 +41,31 @@ class Services:
     keys: KeyStore
     committer: GroupCommitter
     metrics: Metrics
-    follower: ReadModelFollower
+    store: FollowerStore
+    followers: list[Follower]
+    """Every follower the settings enable, for their status; they run in this process
+    only when ``worker`` is set (``VIGIL_READMODEL_FOLLOW``)."""
+    worker: Worker | None = None
     _key_cache: dict[str, tuple[float, ApiKey | None]] = field(default_factory=dict)
 
     def close(self) -> None:
-        self.follower.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        for follower in self.followers:
+            follower.close()
         self.keys.close()
-        close_view(self.view)
+        self.store.close()
         self.ledger.close()
+
+    def follower_statuses(self) -> list[FollowerStatus]:
+        return [follower_status(self.ledger, f, self.store) for f in self.followers]
+
+    def catch_up(self, timeout: float = 10.0) -> None:
+        """Wait until the followers running in this process have processed what the
+        ledger holds now."""
+        if self.worker is not None:
+            for runner in self.worker.runners:
+                runner.catch_up(timeout)
 
     # -- keys -------------------------------------------------------------------------
 
@@ -70,7 +91,8 @@ class Services:
 
     async def record(self, batch: PreparedBatch) -> list[Record]:
         records = await self.committer.record(batch)
-        self.follower.nudge()
+        if self.worker is not None:
+            self.worker.nudge()
         return records
 
     # -- reading ----------------------------------------------------------------------
@@ -130,9 +152,16 @@ def build_services(settings: Settings) -> Services:
     env = settings.ledger_env()
     ledger = Ledger(env, settings.limits())
     try:
-        view = open_view(env)
-        keys = KeyStore(env)
+        store = open_store(env)
     except BaseException:
+        ledger.close()
+        raise
+    try:
+        view = store.view_recorder(trail_view_class(env))
+        keys = KeyStore(env)
+        followers = build_followers(settings, ledger, store)
+    except BaseException:
+        store.close()
         ledger.close()
         raise
     metrics = Metrics()
@@ -141,8 +170,13 @@ def build_services(settings: Settings) -> Services:
         settings.group_commit_max_events,
         on_commit=metrics.group_size.observe,
     )
-    follower = ReadModelFollower(ledger, view, poll_interval=settings.readmodel_poll_seconds)
-    metrics.watch_lag(follower.lag)
+    services = Services(settings, ledger, view, keys, committer, metrics, store, followers)
+    metrics.watch_followers(services.follower_statuses)
     if settings.readmodel_follow:
-        follower.start()
-    return Services(settings, ledger, view, keys, committer, metrics, follower)
+        runners = [
+            FollowerRunner(ledger, follower, store, poll_interval=settings.readmodel_poll_seconds)
+            for follower in followers
+        ]
+        services.worker = Worker(ledger, store, runners)
+        services.worker.start()
+    return services

@@ -61,14 +61,31 @@ class Settings(BaseSettings):
         "transaction (a larger batch request goes alone).",
     )
     one_cpu: bool = Field(
-        default=True,
-        description="With one worker, keep its threads on one CPU (they share a GIL).",
+        default=False,
+        description="Tuning: with one worker, keep the API's threads on one CPU (they "
+        "share a GIL). The follower worker is never pinned.",
+    )
+    tune_collector: bool = Field(
+        default=False,
+        description="Tuning: freeze the startup heap out of the garbage collector and "
+        "collect the youngest generation at 100,000 objects instead of 700.",
+    )
+    gil_switch_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=0.1,
+        description="Tuning: the API's GIL switch interval (CPython's default: 0.005).",
     )
     readmodel_poll_seconds: float = Field(
-        default=0.2, gt=0, description="How often the read model polls for other writers."
+        default=0.2,
+        gt=0,
+        description="How often followers poll the ledger for new records (SQLite; "
+        "PostgreSQL also wakes them on each commit).",
     )
     readmodel_follow: bool = Field(
-        default=True, description="Run the read-model follower inside the API process."
+        default=True,
+        description="Run every follower inside the API process (tests, a laptop); "
+        "`vigil serve` runs them in a process of their own instead.",
     )
     key_cache_seconds: float = Field(
         default=2.0,
@@ -84,6 +101,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="info")
     readyz_timeout_seconds: float = Field(default=2.0, gt=0)
+    readyz_max_lag_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="/readyz answers 503 when a follower's oldest unprocessed record is "
+        "older than this (a follower stopped, stuck or far behind).",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -1,4 +1,5 @@
-"""Liveness, readiness (the database answers) and Prometheus metrics; no key needed."""
+"""Liveness, readiness (the database answers, the followers keep up) and Prometheus
+metrics; no key needed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.dependencies import ServicesDep
 from api.errors import problem
 from api.metrics import CONTENT_TYPE
+from audit_core.followers import FollowerStatus
 
 router = APIRouter(tags=["health"])
 
@@ -22,28 +24,51 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "The database does not answer."}})
+@router.get(
+    "/readyz",
+    responses={
+        503: {
+            "description": "The database does not answer, or a follower is stopped at a "
+            "record or lags beyond VIGIL_READYZ_MAX_LAG_SECONDS."
+        }
+    },
+)
 async def readyz(services: ServicesDep) -> Any:
-    """The ledger, read model and key tables answer; reports the read model's lag."""
+    """The ledger, followers and key tables answer; each follower's lag and state."""
 
-    def check() -> tuple[int, int]:
-        notifications = services.ledger.recorder.max_notification_id() or 0
+    def check() -> list[FollowerStatus]:
         services.view.ping()
         services.keys.ping()
-        return notifications, services.follower.position()
+        return services.follower_statuses()
 
     try:
-        notifications, position = await asyncio.wait_for(
+        statuses = await asyncio.wait_for(
             run_in_threadpool(check), services.settings.readyz_timeout_seconds
         )
     except TimeoutError:
         return problem(503, "database unavailable: no answer in time")
     except Exception as error:
         return problem(503, f"database unavailable: {type(error).__name__}: {error}")
-    return {
-        "status": "ready",
-        "readmodel_lag": max(0, notifications - position),
-    }
+    max_lag = services.settings.readyz_max_lag_seconds
+    followers: dict[str, Any] = {}
+    unready: list[str] = []
+    for status in statuses:
+        followers[status.name] = {
+            "kind": status.kind,
+            "position": status.position,
+            "lag_events": status.lag_events,
+            "lag_seconds": status.lag_seconds,
+            "leader": status.leader,
+            "stopped_at": status.stopped_at,
+            "stopped_reason": status.stopped_reason,
+        }
+        if status.stopped:
+            unready.append(f"{status.name} is stopped at notification {status.stopped_at}")
+        elif status.lag_seconds > max_lag:
+            unready.append(f"{status.name} lags {status.lag_seconds:.0f} s (> {max_lag:.0f} s)")
+    if unready:
+        return problem(503, "not ready: " + "; ".join(unready), followers=followers)
+    return {"status": "ready", "followers": followers}
 
 
 @router.get("/metrics", response_class=Response)

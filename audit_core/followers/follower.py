@@ -113,6 +113,10 @@ class Follower(ABC):
         the operator's decision, after a poison record, to go past it."""
         self.tracking.insert_tracking(Tracking(self.name, position))
 
+    def reload(self) -> None:  # noqa: B027  (optional hook)
+        """Forget state held in memory: the runner is about to read again from
+        :meth:`position` (on start, after an error, on taking the lead)."""
+
     def tick(self) -> None:  # noqa: B027  (optional hook)
         """Called by the runner at least every poll interval while this follower leads,
         pages or not: time-driven work (a checkpoint due, a segment to close)."""

@@ -33,7 +33,7 @@ class Api:
         return self.key(tenant, *roles, **options)[1]
 
     def catch_up(self) -> None:
-        self.services.follower.catch_up(timeout=30)
+        self.services.catch_up(timeout=30)
 
     def size(self, tenant: str) -> int:
         return self.services.ledger.size(tenant)

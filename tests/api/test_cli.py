@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from api.cli import app
 from api.settings import Settings
 from audit_core import Ledger
-from audit_core.readmodel import ReadModelFollower, close_view, open_view
 from tests.events import assert_valid_chain, audit_event, audit_events
+from tests.followers import OpenedReadModel
 from tests.stores import SQLiteStore, Store
 from tests.tampering import Tampering, seed, tamperings
 
@@ -405,27 +405,37 @@ def test_vigil_verify_exits_1_naming_the_tampered_seq_and_why(
     assert "Traceback" not in result.stderr
 
 
-def test_rebuild_read_model_refills_it_from_the_ledger(store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["rebuild", "readmodel"], ["rebuild-read-model"]])
+def test_rebuild_refills_a_follower_from_the_ledger(
+    store: Store, tmp_path: Path, command: list[str]
+) -> None:
     vigil = Vigil(store, tmp_path)
     ledger = vigil.ledger()
     ledger.record("acme", audit_events(25))
     ledger.record("globex", audit_events(5, "g"))
-    view = open_view(store.settings().ledger_env())
+    opened = OpenedReadModel(store.settings().ledger_env())
     try:
-        ReadModelFollower(ledger, view, page_size=10).run_once(0)  # a partial read model
-        assert view.count("acme") == 10
+        opened.runner(ledger, page_size=10).run_once()  # a partial read model
+        assert opened.view.count("acme") == 10
 
-        assert view.try_lead()  # as a running follower does
-        refused = vigil("rebuild-read-model")
-        assert refused.exit_code == 1
-        assert "a read-model follower is running" in refused.stderr
-        view.resign()
+        assert opened.store.leadership.try_lead("readmodel")  # as a running follower does
+        refused = vigil(*command)
+        assert refused.exit_code == 4
+        assert "follower readmodel is running" in refused.stderr
+        opened.store.leadership.resign("readmodel")
 
-        rebuilt = vigil("rebuild-read-model")
+        rebuilt = vigil(*command)
         assert rebuilt.exit_code == 0, rebuilt.stderr
-        assert "read model rebuilt: 30 records" in rebuilt.stdout
-        assert (view.count("acme"), view.count("globex")) == (25, 5)
-        follower = ReadModelFollower(ledger, view)
-        assert follower.lag() == 0  # and a follower resumes after the rebuild's end
+        assert "readmodel rebuilt: 30 records" in rebuilt.stdout
+        assert (opened.view.count("acme"), opened.view.count("globex")) == (25, 5)
+        status = opened.runner(ledger).status()
+        assert status.lag_events == 0  # and a follower resumes after the rebuild's end
     finally:
-        close_view(view)
+        opened.close()
+
+
+def test_rebuild_of_an_unknown_follower_names_the_known_ones(store: Store, tmp_path: Path) -> None:
+    result = Vigil(store, tmp_path)("rebuild", "readmodl")
+    assert result.exit_code == 3
+    assert "no follower is named 'readmodl'" in result.stderr
+    assert "readmodel" in result.stderr

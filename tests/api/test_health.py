@@ -24,10 +24,20 @@ def test_healthz_answers_without_a_key(api: Api) -> None:
     assert response.headers["x-request-id"]
 
 
-def test_readyz_reports_the_database_ready_and_the_read_model_lag(api: Api) -> None:
+def test_readyz_reports_the_database_ready_and_each_followers_lag(api: Api) -> None:
+    api.client.post("/v1/events", json=audit_events(3), headers=api.headers("acme", "ingest"))
+    api.catch_up()
     response = api.client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "readmodel_lag": 0}
+    body = response.json()
+    assert body["status"] == "ready"
+    readmodel = body["followers"]["readmodel"]
+    assert (readmodel["kind"], readmodel["lag_events"], readmodel["stopped_at"]) == (
+        "view",
+        0,
+        None,
+    )
+    assert readmodel["leader"] == "here"
 
 
 def test_metrics_count_ingested_events_latencies_and_errors(api: Api) -> None:
@@ -44,7 +54,9 @@ def test_metrics_count_ingested_events_latencies_and_errors(api: Api) -> None:
     assert 'vigil_http_request_duration_seconds_count{method="POST",route="/v1/events"} 3.0' in text
     assert 'vigil_auth_failures_total{status="401"} 1.0' in text
     assert "vigil_group_commit_requests_count 2.0" in text
-    assert "vigil_readmodel_lag_notifications" in text
+    assert 'vigil_follower_lag_events{follower="readmodel"}' in text
+    assert 'vigil_follower_lag_seconds{follower="readmodel"}' in text
+    assert 'vigil_follower_errors_total{follower="readmodel"} 0.0' in text
 
 
 class Proxy:

@@ -8,12 +8,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from eventsourcing.persistence import MapperDeserialisationError
+from eventsourcing.persistence import MapperDeserialisationError, Tracking
 
 from audit_core import readmodel
-from audit_core.readmodel import ReadModelFollower, TrailQuery, close_view, open_view
+from audit_core.readmodel import TrailQuery
 from tests.events import audit_event, audit_events
+from tests.followers import OpenedReadModel
 from tests.stores import Store
+
+
+def collide_tenant_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tenant gets the same key, wherever the read model computes it."""
+    for module in (readmodel.rows, readmodel.query, readmodel.store):
+        monkeypatch.setattr(module, "tenant_key", lambda tenant: 42)
 
 
 def _seqs(view: object, tenant: str) -> list[int]:
@@ -43,54 +50,59 @@ def test_a_restarted_follower_resumes_without_skipping_or_repeating(store: Store
     ledger = store.open_ledger()
     env = store.settings().ledger_env()
     ledger.record("acme", audit_events(30, "a"))
-    view = open_view(env)
-    follower = ReadModelFollower(ledger, view, page_size=10)
-    position = follower.position()
-    position, applied = follower.run_once(position)
+    opened = OpenedReadModel(env)
+    view = opened.view
+    follower = opened.runner(ledger, page_size=10)
+    applied = follower.run_once()
+    position = opened.follower.position()
     assert applied == 10
-    close_view(view)  # a crash after the first page
+    opened.close()  # a crash after the first page
 
     ledger.record("acme", audit_events(5, "b"))
-    view = open_view(env)
-    follower = ReadModelFollower(ledger, view, page_size=10)
-    assert follower.position() == position
+    opened = OpenedReadModel(env)
+    view = opened.view
+    follower = opened.runner(ledger, page_size=10)
+    assert opened.follower.position() == position
     follower.start()
     follower.catch_up(timeout=30)
     follower.stop()
     assert _seqs(view, "acme") == list(range(35))
     assert view.count("acme") == 35
-    close_view(view)
+    opened.close()
 
 
 def test_a_page_that_fails_leaves_neither_rows_nor_position(store: Store) -> None:
     ledger = store.open_ledger()
     ledger.record("acme", audit_events(5))
-    view = open_view(store.settings().ledger_env())
-    follower = ReadModelFollower(ledger, view)
-    follower.run_once(follower.position())
-    before = follower.position()
+    opened = OpenedReadModel(store.settings().ledger_env())
+    view = opened.view
+    follower = opened.runner(ledger)
+    follower.run_once()
+    before = opened.follower.position()
     ledger.record("acme", audit_events(3, "more"))
-    # A second follower that already wrote these rows: its page conflicts as a whole.
-    other = ReadModelFollower(ledger, view)
+    # A page that holds rows already written (as a second writer's would) fails whole.
+    states = ledger.ledger_recorder.recorded_after(0, 100).states
+    rows = readmodel.rows_of(states, ledger.ledger_mapper)
     with pytest.raises(Exception):  # noqa: B017, PT011 - backend-specific integrity error
-        other.run_once(0)
-    assert follower.position() == before
+        view.project(rows, Tracking(opened.follower.name, 100))
+    assert opened.follower.position() == before
     assert view.count("acme") == 5
-    follower.run_once(before)
+    follower.run_once()
     assert view.count("acme") == 8
-    close_view(view)
+    opened.close()
 
 
 def test_tenants_are_kept_apart_in_the_read_model(store: Store) -> None:
     ledger = store.open_ledger()
     ledger.record("acme", audit_events(3))
     ledger.record("globex", audit_events(2))
-    view = open_view(store.settings().ledger_env())
-    follower = ReadModelFollower(ledger, view)
-    follower.run_once(0)
+    opened = OpenedReadModel(store.settings().ledger_env())
+    view = opened.view
+    follower = opened.runner(ledger)
+    follower.run_once()
     assert _seqs(view, "acme") == [0, 1, 2]
     assert _seqs(view, "globex") == [0, 1]
-    close_view(view)
+    opened.close()
 
 
 def test_with_encryption_the_read_model_holds_what_queries_filter_on_and_no_record(
@@ -104,8 +116,9 @@ def test_with_encryption_the_read_model_holds_what_queries_filter_on_and_no_reco
         target={"type": "report", "id": "r-1", "name": "quarterly-payroll-export"},
     )
     ledger.record("acme", [event])
-    view = open_view(store.settings(encryption_key=key).ledger_env())
-    ReadModelFollower(ledger, view).run_once(0)
+    opened = OpenedReadModel(store.settings(encryption_key=key).ledger_env())
+    view = opened.view
+    opened.runner(ledger).run_once()
     stored = store.cells(store.trail_index_table)
     assert b"u-7" in stored
     assert b"quarterly-payroll-export" not in stored
@@ -113,7 +126,7 @@ def test_with_encryption_the_read_model_holds_what_queries_filter_on_and_no_reco
     [seq] = view.query(TrailQuery(tenant="acme")).seqs
     [record] = ledger.records_at("acme", [seq])
     assert record["target"]["name"] == "quarterly-payroll-export"
-    close_view(view)
+    opened.close()
 
 
 def test_free_text_matches_metadata_values_not_their_keys(store: Store) -> None:
@@ -125,8 +138,9 @@ def test_free_text_matches_metadata_values_not_their_keys(store: Store) -> None:
             audit_event("b", metadata={"note": {"nested": ["Refund approved"]}}),
         ],
     )
-    view = open_view(store.settings().ledger_env())
-    ReadModelFollower(ledger, view).run_once(0)
+    opened = OpenedReadModel(store.settings().ledger_env())
+    view = opened.view
+    opened.runner(ledger).run_once()
 
     def found(text: str) -> list[int]:
         return view.query(TrailQuery(tenant="acme", text=text, order="asc")).seqs
@@ -136,15 +150,16 @@ def test_free_text_matches_metadata_values_not_their_keys(store: Store) -> None:
     assert found("true") == [0]
     assert found("reason") == []
     assert found("nested") == []
-    close_view(view)
+    opened.close()
 
 
 def test_one_follower_leads_and_another_takes_over_when_it_stops(store: Store) -> None:
     ledger = store.open_ledger()
     env = store.settings().ledger_env()
-    first_view, second_view = open_view(env), open_view(env)
-    first = ReadModelFollower(ledger, first_view, poll_interval=0.02)
-    second = ReadModelFollower(ledger, second_view, poll_interval=0.02)
+    first_opened, second_opened = OpenedReadModel(env), OpenedReadModel(env)
+    second_view = second_opened.view
+    first = first_opened.runner(ledger, poll_interval=0.02)
+    second = second_opened.runner(ledger, poll_interval=0.02)
     second.leadership_check_seconds = 0.05
     first.start()
     deadline = time.monotonic() + 10
@@ -163,33 +178,35 @@ def test_one_follower_leads_and_another_takes_over_when_it_stops(store: Store) -
     assert second.leading
     assert _seqs(second_view, "acme") == list(range(8))
     second.stop()
-    close_view(first_view)
-    close_view(second_view)
+    first_opened.close()
+    second_opened.close()
 
 
-@pytest.mark.parametrize("previous", readmodel._PREVIOUS_TABLES)
+@pytest.mark.parametrize("previous", readmodel.store._PREVIOUS_TABLES)
 def test_a_read_model_of_an_earlier_version_is_replaced_and_rebuilt(
     store: Store, previous: str
 ) -> None:
     ledger = store.open_ledger()
     env = store.settings().ledger_env()
     ledger.record("acme", audit_events(12))
-    view = open_view(env)
-    follower = ReadModelFollower(ledger, view)
-    follower.run_once(follower.position())
-    close_view(view)
+    opened = OpenedReadModel(env)
+    view = opened.view
+    follower = opened.runner(ledger)
+    follower.run_once()
+    opened.close()
     # As an earlier version left it: its own table, and a position tracked for it.
     table = store.trail_index_table.replace(readmodel.TABLE, previous)
     store._run(f"CREATE TABLE {table} (tenant TEXT, seq INTEGER)")
     store._run(f"INSERT INTO {table} VALUES ('acme', 0)")
 
-    view = open_view(env)
-    follower = ReadModelFollower(ledger, view)
+    opened = OpenedReadModel(env)
+    view = opened.view
+    follower = opened.runner(ledger)
     follower.start()
     follower.catch_up(timeout=30)
     follower.stop()
     assert _seqs(view, "acme") == list(range(12))
-    close_view(view)
+    opened.close()
     with pytest.raises(Exception):  # noqa: B017, PT011 - backend-specific "no such table"
         store._run(f"SELECT * FROM {table}")
 
@@ -197,18 +214,19 @@ def test_a_read_model_of_an_earlier_version_is_replaced_and_rebuilt(
 def test_tenants_whose_keys_collide_still_see_only_their_own(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(readmodel, "tenant_key", lambda tenant: 42)
+    collide_tenant_keys(monkeypatch)
     ledger = store.open_ledger()
     ledger.record("acme", audit_events(3, "a"))
     ledger.record("globex", audit_events(5, "g"))
-    view = open_view(store.settings().ledger_env())
-    follower = ReadModelFollower(ledger, view)
-    follower.run_once(follower.position())
+    opened = OpenedReadModel(store.settings().ledger_env())
+    view = opened.view
+    follower = opened.runner(ledger)
+    follower.run_once()
     assert _seqs(view, "acme") == [0, 1, 2]
     assert _seqs(view, "globex") == [0, 1, 2, 3, 4]
     by_actor = TrailQuery(tenant="acme", actor_id=audit_event("x")["actor"]["id"])
     assert len(view.query(by_actor).seqs) == 3
-    close_view(view)
+    opened.close()
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
@@ -259,8 +277,9 @@ def test_an_action_prefix_pages_through_every_match_in_order(
     ledger = store.open_ledger()
     records = ledger.record("acme", events)
     ledger.record("globex", events)  # the same actions in another tenant
-    view = open_view(store.settings().ledger_env())
-    ReadModelFollower(ledger, view).run_once(0)
+    opened = OpenedReadModel(store.settings().ledger_env())
+    view = opened.view
+    opened.runner(ledger).run_once()
     stem = prefix[:-1]
     for filters in ({}, {"outcome": "failure"}):
         expected = [
@@ -276,7 +295,7 @@ def test_an_action_prefix_pages_through_every_match_in_order(
         first = view.query(query)
         assert first.seqs == expected[:7]
         assert (first.next_cursor is not None) == (len(expected) > 7)
-    close_view(view)
+    opened.close()
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
@@ -309,8 +328,9 @@ def test_outcome_and_source_queries_page_through_every_match_in_order(
     ledger = store.open_ledger()
     records = ledger.record("acme", events)
     ledger.record("globex", events)
-    view = open_view(store.settings().ledger_env())
-    ReadModelFollower(ledger, view).run_once(0)
+    opened = OpenedReadModel(store.settings().ledger_env())
+    view = opened.view
+    opened.runner(ledger).run_once()
 
     def matches(record: dict[str, Any]) -> bool:
         for name, value in filters.items():
@@ -325,7 +345,7 @@ def test_outcome_and_source_queries_page_through_every_match_in_order(
         return True
 
     assert_pages_through_matches(view, records, matches, order, filters, page_size=6)
-    close_view(view)
+    opened.close()
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
@@ -344,7 +364,7 @@ def test_free_text_pages_through_every_match_in_order(
     store: Store, monkeypatch: pytest.MonkeyPatch, order: str, filters: dict[str, str]
 ) -> None:
     monkeypatch.setattr(readmodel.PostgresTrailView, "text_block_rows", 4)
-    monkeypatch.setattr(readmodel, "tenant_key", lambda tenant: 42)  # tenants collide
+    collide_tenant_keys(monkeypatch)  # tenants collide
     events = [
         audit_event(
             f"e-{n}",
@@ -362,11 +382,11 @@ def test_free_text_pages_through_every_match_in_order(
     records = ledger.record("acme", events[:30])
     ledger.record("globex", events[30:])
     records += ledger.record("acme", events[30:])
-    view = open_view(store.settings().ledger_env())
-    follower = ReadModelFollower(ledger, view, page_size=25)  # blocks cut across pages
-    position, applied = 0, 1
-    while applied:
-        position, applied = follower.run_once(position)
+    opened = OpenedReadModel(store.settings().ledger_env())
+    view = opened.view
+    follower = opened.runner(ledger, page_size=25)  # blocks cut across pages
+    while follower.run_once():
+        pass
 
     def matches(record: dict[str, Any]) -> bool:
         text = filters["text"]
@@ -377,7 +397,7 @@ def test_free_text_pages_through_every_match_in_order(
         return "outcome" not in filters or record["outcome"] == filters["outcome"]
 
     assert_pages_through_matches(view, records, matches, order, filters, page_size=5)
-    close_view(view)
+    opened.close()
 
 
 def test_text_blocks_hold_each_tenants_distinct_texts_in_runs() -> None:

@@ -13,9 +13,17 @@ import pytest
 from api.runtime import YOUNG_COLLECTION_THRESHOLD, tuned_for_service
 
 
+def test_tuning_is_off_unless_asked_for() -> None:
+    thresholds, switch = gc.get_threshold(), sys.getswitchinterval()
+    with tuned_for_service():
+        assert gc.get_threshold() == thresholds
+        assert sys.getswitchinterval() == switch
+        assert gc.get_freeze_count() == 0
+
+
 def test_settings_hold_while_serving_and_are_restored() -> None:
     thresholds, switch = gc.get_threshold(), sys.getswitchinterval()
-    with tuned_for_service(gil_switch_seconds=0.0005):
+    with tuned_for_service(collector=True, gil_switch_seconds=0.0005):
         assert gc.get_threshold()[0] == YOUNG_COLLECTION_THRESHOLD
         assert gc.get_threshold()[1:] == thresholds[1:]
         assert sys.getswitchinterval() == 0.0005
@@ -34,7 +42,7 @@ def test_cyclic_garbage_is_still_collected() -> None:
         node.loop = node  # type: ignore[attr-defined]
         return node
 
-    with tuned_for_service():
+    with tuned_for_service(collector=True):
         first = weakref.ref(cycle())
         for _ in range(YOUNG_COLLECTION_THRESHOLD):  # past the raised threshold
             cycle()

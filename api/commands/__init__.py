@@ -1,0 +1,1 @@
+"""`vigil` sub-commands, one module per area."""

@@ -1,0 +1,62 @@
+"""The registry of the ledger's followers: every entry point loops over it.
+
+``vigil serve``, ``vigil worker``, ``vigil status``, ``vigil rebuild``, ``/readyz`` and
+``/metrics`` know followers only through :func:`build_followers`. A new consumer is one
+:class:`FollowerSpec` here (and its ``VIGIL_*`` settings); nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from api.settings import Settings
+from audit_core import Ledger
+from audit_core.followers import Follower, FollowerStore
+
+
+@dataclass(frozen=True)
+class FollowerSpec:
+    name: str
+    """The follower's name, or the prefix of its names (``graylog`` for
+    ``graylog:<destination>``)."""
+    build: Callable[[Settings, Ledger, FollowerStore], list[Follower]]
+    """The followers the settings enable (none when the consumer is not configured)."""
+
+
+def _read_model(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
+    from audit_core.readmodel import open_read_model
+
+    return [open_read_model(store, settings.ledger_env())]
+
+
+REGISTRY: list[FollowerSpec] = [
+    FollowerSpec("readmodel", _read_model),
+]
+
+
+class UnknownFollowerError(ValueError):
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        super().__init__(
+            f"no follower is named {name!r}; the configured ones are: {', '.join(known)}"
+        )
+
+
+def build_followers(
+    settings: Settings, ledger: Ledger, store: FollowerStore, only: list[str] | None = None
+) -> list[Follower]:
+    """The followers the settings enable, or those of them named in ``only``."""
+    followers = [follower for spec in REGISTRY for follower in spec.build(settings, ledger, store)]
+    if only:
+        known = [follower.name for follower in followers]
+        for name in only:
+            if name not in known:
+                for follower in followers:
+                    follower.close()
+                raise UnknownFollowerError(name, known)
+        for follower in followers:
+            if follower.name not in only:
+                follower.close()
+        followers = [follower for follower in followers if follower.name in only]
+    return followers

@@ -1,0 +1,132 @@
+"""Trail queries: filters, keyset cursors and the SQL condition they make."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from audit_core.exceptions import LedgerError
+from audit_core.readmodel.rows import tenant_key
+
+Order = Literal["desc", "asc"]
+
+
+class InvalidQueryError(LedgerError):
+    """A query parameter is malformed (a bad cursor, an inverted time range)."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+@dataclass(frozen=True)
+class TrailQuery:
+    """Filters of a trail query. ``action`` ending in ``.*`` matches a prefix."""
+
+    tenant: str
+    actor_id: str | None = None
+    action: str | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    outcome: str | None = None
+    source: str | None = None
+    since: str | None = None
+    """occurred_at >= since (normalised RFC 3339, UTC ``Z``)."""
+    until: str | None = None
+    """occurred_at < until."""
+    text: str | None = None
+    """Case-insensitive substring of a metadata value."""
+    order: Order = "desc"
+    after_seq: int | None = None
+    """Keyset position: records beyond this seq in the query's order."""
+    limit: int = 100
+
+    def filters(self) -> dict[str, Any]:
+        """The filters as given, for the audit event that records the query."""
+        names = ("actor_id", "action", "target_type", "target_id", "outcome", "source")
+        shown: dict[str, Any] = {n: getattr(self, n) for n in names if getattr(self, n)}
+        for name in ("since", "until", "text"):
+            if getattr(self, name):
+                shown[name] = getattr(self, name)
+        shown["order"] = self.order
+        return shown
+
+
+def encode_cursor(order: Order, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{order}:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, order: Order) -> int:
+    """The seq a cursor continues after; it must come from a query in the same order."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        cursor_order, seq = text.split(":")
+        position = int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidQueryError("cursor", "is not a cursor returned by this API") from None
+    if cursor_order != order or position < 0:
+        raise InvalidQueryError("cursor", f"was returned by a query in {cursor_order} order")
+    return position
+
+
+def _where(query: TrailQuery) -> tuple[str, list[Any]]:
+    """WHERE clause with ``?`` placeholders; wildcards travel as parameters, never as SQL."""
+    clauses = ["tenant_key = ?", "tenant = ?"]
+    params: list[Any] = [tenant_key(query.tenant), query.tenant]
+    for column in ("actor_id", "target_type", "target_id", "outcome", "source"):
+        value = getattr(query, column)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.action is not None:
+        if query.action.endswith("*"):
+            # On SQLite, the action's first segment has its own (action_ns) index,
+            # which serves "newest first" directly however many records match; a
+            # deeper prefix adds a range. (PostgresTrailView.query has its own plan.)
+            prefix = query.action[:-1]
+            namespace, dot, rest = prefix.partition(".")
+            clauses.append("action_ns = ?")
+            params.append(namespace)
+            if dot and rest:
+                upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                clauses.append("action >= ? AND action < ?")
+                params += [prefix, upper]
+        else:
+            clauses.append("action = ?")
+            params.append(query.action)
+    if query.since is not None:
+        clauses.append("occurred_at >= ?")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append("occurred_at < ?")
+        params.append(query.until)
+    if query.text:
+        clauses.append("search LIKE ? ESCAPE '\\'")
+        params.append(_like_pattern(query.text))
+    if query.after_seq is not None:
+        clauses.append("seq < ?" if query.order == "desc" else "seq > ?")
+        params.append(query.after_seq)
+    return " AND ".join(clauses), params
+
+
+def _like_pattern(text: str) -> str:
+    """A LIKE pattern for ``text`` anywhere; its wildcards travel escaped."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@dataclass
+class SeqPage:
+    """The seqs of a page of matching records, in the query's order."""
+
+    seqs: list[int]
+    next_cursor: str | None
+
+
+def _page(query: TrailQuery, seqs: list[int]) -> SeqPage:
+    """A page of ``seqs`` read with one more than the query's limit."""
+    more = len(seqs) > query.limit
+    seqs = seqs[: query.limit]
+    return SeqPage(seqs, encode_cursor(query.order, seqs[-1]) if more and seqs else None)

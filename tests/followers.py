@@ -1,0 +1,25 @@
+"""Followers opened the way the entry points open them, for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit_core import Ledger
+from audit_core.followers import FollowerRunner, open_store
+from audit_core.readmodel import open_read_model
+
+
+class OpenedReadModel:
+    """The read model's follower on its own follower store (as one process has it)."""
+
+    def __init__(self, env: dict[str, str]):
+        self.store = open_store(env)
+        self.follower = open_read_model(self.store, env)
+        self.view = self.follower.view
+
+    def runner(self, ledger: Ledger, **options: Any) -> FollowerRunner:
+        return FollowerRunner(ledger, self.follower, self.store, **options)
+
+    def close(self) -> None:
+        self.follower.close()
+        self.store.close()
