@@ -3,6 +3,7 @@ notifications and post-mortems, every action recorded in the tenant's audit ledg
 
 from incident.application import (
     AUDIT_ACTION_PREFIX,
+    AUDIT_ACTOR_TYPE,
     Detection,
     Incidents,
     Opened,
@@ -22,6 +23,7 @@ from incident.exceptions import (
 
 __all__ = [
     "AUDIT_ACTION_PREFIX",
+    "AUDIT_ACTOR_TYPE",
     "SEVERITIES",
     "SYSTEM",
     "Actor",

@@ -20,10 +20,10 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, cast
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -60,8 +60,12 @@ from incident.exceptions import (
 )
 
 AUDIT_ACTION_PREFIX = "incident."
-"""Every audit record the incident module writes has an action under this prefix and
-an id starting ``incident-``; the detector skips them, so no rule feeds on them."""
+"""Every audit record the incident module writes has an action under this prefix,
+source ``system`` and actor type :data:`AUDIT_ACTOR_TYPE`; the detector skips such
+records, so no rule feeds on the incident module's own output."""
+AUDIT_ACTOR_TYPE = "vigil"
+"""``actor.type`` of those records; ``actor.id`` is the responder (or ``vigil`` for the
+scheduler and the detector), and ``metadata.actor_type`` what kind of actor they are."""
 AUDIT_ORIGIN = "vigil.incident"
 """``metadata.origin`` of those records."""
 
@@ -91,9 +95,11 @@ _AUDIT_ACTIONS = {
 def is_incident_record(record: Mapping[str, Any]) -> bool:
     """Whether an audit record was written by the incident module (the detector must
     not let rules match its own output)."""
-    action = str(record.get("action") or "")
-    return action.startswith(AUDIT_ACTION_PREFIX) and str(record.get("id") or "").startswith(
-        "incident-"
+    actor = record.get("actor") or {}
+    return (
+        record.get("source") == "system"
+        and actor.get("type") == AUDIT_ACTOR_TYPE
+        and str(record.get("action") or "").startswith(AUDIT_ACTION_PREFIX)
     )
 
 
@@ -146,6 +152,18 @@ class Detection:
     runbook: str | None = None
     policy: str | Mapping[str, Any] | EscalationPolicy | None = None
     detected_at: datetime | None = None
+    description: str = ""
+    incident_id: UUID | None = None
+    """The id to open the incident under (the detector derives it from the detection's
+    first record, so a replay opens the same one); a new random id if None."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    detection: Detection
+    evidence: list[dict[str, Any]]
+    runbook: dict[str, Any] | None
+    policy: dict[str, Any] | None
 
 
 @dataclass
@@ -232,6 +250,8 @@ class Incidents(Application[UUID]):
         runbook: str | None = None,
         policy: str | Mapping[str, Any] | EscalationPolicy | None = None,
         detected_at: datetime | None = None,
+        description: str = "",
+        incident_id: UUID | None = None,
         actor: Actor = SYSTEM,
         tracking: Tracking | None = None,
     ) -> Opened:
@@ -239,8 +259,9 @@ class Incidents(Application[UUID]):
         link the evidence to that one instead. ``tracking`` is saved in the same
         transaction (a follower's position)."""
         detection = Detection(
-            tenant, title, severity, rule, dedup_key, list(evidence), runbook, policy, detected_at
-        )
+            tenant, title, severity, rule, dedup_key, list(evidence), runbook, policy,
+            detected_at, description, incident_id,
+        )  # fmt: skip
         [result] = self.apply_detections([detection], tracking=tracking, actor=actor)
         return result
 
@@ -250,13 +271,17 @@ class Incidents(Application[UUID]):
         *,
         tracking: Tracking | None = None,
         actor: Actor = SYSTEM,
+        also: Sequence[Any] = (),
     ) -> list[Opened]:
         """Open or attach for each detection, all saved in one transaction with
-        ``tracking`` (which is saved even when ``detections`` is empty)."""
+        ``tracking`` (which is saved even when ``detections`` is empty) and the
+        aggregates in ``also`` (a follower's own state, if it keeps it as aggregates)."""
         prepared = [self._prepare(d) for d in detections]
         for attempt in range(1, self.max_attempts + 1):
             work = _Work(self)
-            results = [self._open_in(work, *p, actor=actor) for p in prepared]
+            for aggregate in also:
+                work.add(aggregate)
+            results = [self._open_in(work, p, actor=actor) for p in prepared]
             try:
                 recordings = self._save(work, tracking)
             except IntegrityError:
@@ -267,35 +292,29 @@ class Incidents(Application[UUID]):
             return results
         raise AssertionError("unreachable")
 
-    def _prepare(self, d: Detection) -> tuple[Any, ...]:
+    def _prepare(self, d: Detection) -> _Prepared:
         if not is_tenant_name(d.tenant):
             raise InvalidIncidentError("tenant", f"{d.tenant!r} is not a tenant name")
         title = d.title.strip()
         if not title or len(title) > 300:
             raise InvalidIncidentError("title", "give a title of 1 to 300 characters")
-        severity = check_severity(d.severity)
-        evidence = [self._evidence(d.tenant, e) for e in d.evidence]
-        frozen_policy = self._policy(d.policy)
-        frozen_runbook = None
+        if len(d.description) > 8000:
+            raise InvalidIncidentError("description", "at most 8000 characters")
+        dedup_key = d.dedup_key.strip() if d.dedup_key else None
+        if dedup_key is not None and len(dedup_key) > 512:
+            raise InvalidIncidentError("dedup_key", "at most 512 characters")
+        runbook = None
         if d.runbook:
-            frozen_runbook = (
+            runbook = (
                 self.runbooks.frozen(d.runbook)
                 if self.runbooks
                 else {"name": d.runbook, "steps": []}
             )
-        dedup_key = d.dedup_key.strip() if d.dedup_key else None
-        if dedup_key is not None and len(dedup_key) > 512:
-            raise InvalidIncidentError("dedup_key", "at most 512 characters")
-        return (
-            d.tenant,
-            title,
-            severity,
-            d.rule,
-            dedup_key,
-            evidence,
-            frozen_runbook,
-            frozen_policy,
-            d.detected_at,
+        return _Prepared(
+            replace(d, title=title, severity=check_severity(d.severity), dedup_key=dedup_key),
+            [self._evidence(d.tenant, e) for e in d.evidence],
+            runbook,
+            self._policy(d.policy),
         )
 
     @staticmethod
@@ -336,36 +355,41 @@ class Incidents(Application[UUID]):
             return self.policies[policy].as_dict()
         return EscalationPolicy.from_dict(policy).as_dict()
 
-    def _open_in(
-        self,
-        work: _Work,
-        tenant: str,
-        title: str,
-        severity: str,
-        rule: str | None,
-        dedup_key: str | None,
-        evidence: list[dict[str, Any]],
-        runbook: dict[str, Any] | None,
-        policy: dict[str, Any] | None,
-        detected_at: datetime | None,
-        *,
-        actor: Actor,
-    ) -> Opened:
+    def _open_in(self, work: _Work, prepared: _Prepared, *, actor: Actor) -> Opened:
+        d, evidence = prepared.detection, prepared.evidence
         at = self.clock()
-        slot = work.slot(tenant, dedup_key) if dedup_key else None
+        if d.incident_id is not None:
+            # Opened before (a replay, or a retried page): add what is new to it.
+            with contextlib.suppress(AggregateNotFoundError):
+                known = self._check_tenant(d.tenant, work.incident(d.incident_id), d.incident_id)
+                attached = known.attach_evidence(evidence, at, actor) if known.is_open else 0
+                return Opened(known.id, known.ref, False, attached)
+        slot = work.slot(d.tenant, d.dedup_key) if d.dedup_key else None
         if slot is not None and slot.holder is not None:
             holder = work.incident(UUID(slot.holder))
             if holder.is_open:
                 attached = holder.attach_evidence(evidence, at, actor)
                 return Opened(holder.id, holder.ref, False, attached)
+        detected_at = d.detected_at
         if detected_at is None and evidence:
             times = [e["occurred_at"] for e in evidence if e.get("occurred_at")]
             if times:
                 detected_at = datetime.fromisoformat(min(times).replace("Z", "+00:00"))
-        incident = Incident(
-            tenant, title, severity, rule, dedup_key, evidence, runbook, policy,
-            detected_at, at, actor.as_dict(),
-        )  # fmt: skip
+        incident = Incident(  # type: ignore[call-arg]  # ``id``: see Incident
+            id=d.incident_id or uuid4(),
+            tenant=d.tenant,
+            title=d.title,
+            description=d.description,
+            severity=d.severity,
+            rule=d.rule,
+            dedup_key=d.dedup_key,
+            evidence=evidence,
+            runbook=prepared.runbook,
+            policy=prepared.policy,
+            detected_at=detected_at,
+            at=at,
+            actor=actor.as_dict(),
+        )
         work.add(incident)
         if slot is not None:
             slot.claim(str(incident.id))
@@ -871,13 +895,14 @@ def audit_event(domain_event: Any, tenant: str, title: str) -> dict[str, Any] | 
     return {
         "id": f"incident-{incident_id}-{domain_event.originator_version}",
         "occurred_at": format_timestamp(domain_event.timestamp),
-        "actor": {"id": actor["id"][:256], "type": actor.get("type") or "user"},
+        "actor": {"id": actor["id"][:256], "type": AUDIT_ACTOR_TYPE},
         "action": AUDIT_ACTION_PREFIX + verb,
         "target": {"type": "incident", "id": str(incident_id), "name": title[:512]},
         "outcome": outcome,
         "source": "system",
         "metadata": {
             "origin": AUDIT_ORIGIN,
+            "actor_type": actor.get("type") or "user",
             "incident": ref_of(incident_id),
             "at": at.isoformat() if isinstance(at, datetime) else None,
             **details,

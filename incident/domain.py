@@ -104,11 +104,17 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 class Incident(Aggregate):
-    """One incident of one tenant, with its timeline, evidence and escalation state."""
+    """One incident of one tenant, with its timeline, evidence and escalation state.
+
+    Created with an explicit ``id``: the detector derives it from the first record of a
+    detection, so a replay of the log opens the same incident rather than another."""
+
+    id: uuid.UUID  # tells the library that ``Incident(..., id=...)`` gives the id
 
     class Triggered(Aggregate.Created):
         tenant: str
         title: str
+        description: str
         severity: str
         rule: str | None
         dedup_key: str | None
@@ -124,6 +130,7 @@ class Incident(Aggregate):
         self,
         tenant: str,
         title: str,
+        description: str,
         severity: str,
         rule: str | None,
         dedup_key: str | None,
@@ -136,6 +143,7 @@ class Incident(Aggregate):
     ):
         self.tenant = tenant
         self.title = title
+        self.description = description
         self.severity = severity
         self.rule = rule
         self.dedup_key = dedup_key
@@ -624,6 +632,7 @@ class Incident(Aggregate):
             "ref": self.ref,
             "tenant": self.tenant,
             "title": self.title,
+            "description": self.description,
             "severity": self.severity,
             "status": self.status.value,
             "rule": self.rule,
