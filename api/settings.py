@@ -107,6 +107,49 @@ class Settings(BaseSettings):
         description="/readyz answers 503 when a follower's oldest unprocessed record is "
         "older than this (a follower stopped, stuck or far behind).",
     )
+    # -- incidents (issue 14): escalation, runbooks, notifications ---------------------
+    incident_runbooks_dir: str = Field(
+        default="runbooks",
+        description="Runbooks (*.yaml, *.md with front matter); escalation policies are "
+        "read from its policies/ directory.",
+    )
+    incident_default_policy: str = Field(
+        default="", description="Escalation policy for incidents opened without one."
+    )
+    incident_templates_dir: str = Field(
+        default="", description="Post-mortem templates overriding the shipped ones."
+    )
+    incident_secrets_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 bytes: runbook secrets are encrypted with it "
+        "(AES-256-GCM); VIGIL_ENCRYPTION_KEY when unset.",
+    )
+    incident_allowed_networks: str = Field(
+        default="",
+        description="Comma-separated CIDRs that automated steps may reach although "
+        "loopback, private or link-local; empty: none.",
+    )
+    incident_http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    incident_tick_seconds: float = Field(
+        default=5.0, gt=0, description="How often `vigil worker` looks for due escalations."
+    )
+    webhook_urls: str = Field(
+        default="",
+        description="Comma-separated name=url webhooks for notifications; "
+        "name=slack:url sends Slack's message shape.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key signing webhook notifications."
+    )
+    webhook_retries: int = Field(default=3, ge=0, le=10)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    smtp_host: str = Field(default="", description="SMTP server for e-mail; empty: none.")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str = Field(default="")
+    smtp_password: SecretStr | None = Field(default=None)
+    smtp_starttls: bool = Field(default=True, description="Upgrade with STARTTLS (required).")
+    smtp_from: str = Field(default="vigil@localhost")
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("database_url")
     @classmethod
