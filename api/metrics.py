@@ -112,7 +112,8 @@ class _FollowerCollector(Collector):
             statuses = []
         for status in statuses:
             lag_events.add_metric([status.name], status.lag_events)
-            lag_seconds.add_metric([status.name], status.lag_seconds)
+            if status.lag_seconds is not None:
+                lag_seconds.add_metric([status.name], status.lag_seconds)
             errors.add_metric([status.name], status.errors_total)
             stopped.add_metric([status.name], 1.0 if status.stopped else 0.0)
         yield from (lag_events, lag_seconds, errors, stopped)

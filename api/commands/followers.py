@@ -108,7 +108,7 @@ def status(
         leader = {"here": "leading", "elsewhere": "led by a running process", "none": "not running"}
         out.print(
             f"{s.name:<24} {s.kind:<4}  position {s.position}/{s.head}  "
-            f"lag {s.lag_events} events {s.lag_seconds:.1f} s  {leader[s.leader]}  "
+            f"lag {s.lag_events} events {s.lag_seconds or 0:.1f} s  {leader[s.leader]}  "
             f"errors {s.errors_total}  {state}",
             markup=False,
         )

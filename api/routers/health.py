@@ -64,7 +64,7 @@ async def readyz(services: ServicesDep) -> Any:
         }
         if status.stopped:
             unready.append(f"{status.name} is stopped at notification {status.stopped_at}")
-        elif status.lag_seconds > max_lag:
+        elif status.lag_seconds is not None and status.lag_seconds > max_lag:
             unready.append(f"{status.name} lags {status.lag_seconds:.0f} s (> {max_lag:.0f} s)")
     if unready:
         return problem(503, "not ready: " + "; ".join(unready), followers=followers)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
+from eventsourcing.persistence import MapperDeserialisationError
 from eventsourcing.postgres import PostgresDatastore
 from psycopg.sql import SQL, Identifier
 
@@ -44,8 +45,9 @@ class FollowerStatus:
     head: int
     """The ledger's newest notification id."""
     lag_events: int
-    lag_seconds: float
-    """Age of the oldest record not yet processed (0 when caught up)."""
+    lag_seconds: float | None
+    """Age of the oldest record not yet processed (0 when caught up; None when that
+    record cannot be read)."""
     leader: Leader
     errors_total: int
     last_error: str | None
@@ -72,13 +74,17 @@ def follower_status(ledger: Ledger, follower: Follower, store: FollowerStore) ->
     """A follower's status, read from the database: any process may ask."""
     position = follower.position()
     head = ledger.recorder.max_notification_id() or 0
-    lag_seconds = 0.0
+    lag_seconds: float | None = 0.0
     if head > position:
         notes = ledger.ledger_recorder.recorded_after(position, 1)
         if notes.states:
-            stored = ledger.ledger_mapper.decode_recorded(notes.states[0])["timestamp"]
-            received = datetime.fromisoformat(str(stored))
-            lag_seconds = max(0.0, (datetime.now(UTC) - received).total_seconds())
+            try:
+                stored = ledger.ledger_mapper.decode_recorded(notes.states[0])["timestamp"]
+                received = datetime.fromisoformat(str(stored))
+            except (MapperDeserialisationError, ValueError):
+                lag_seconds = None  # a poison record: the follower's state says so
+            else:
+                lag_seconds = round((datetime.now(UTC) - received).total_seconds(), 3)
     if store.leadership.still_leads(follower.name):
         leader: Leader = "here"
     elif store.leadership.led_elsewhere(follower.name):
@@ -92,7 +98,7 @@ def follower_status(ledger: Ledger, follower: Follower, store: FollowerStore) ->
         position=position,
         head=head,
         lag_events=max(0, head - position),
-        lag_seconds=round(lag_seconds, 3),
+        lag_seconds=None if lag_seconds is None else max(0.0, lag_seconds),
         leader=leader,
         errors_total=state.errors_total,
         last_error=state.last_error,
