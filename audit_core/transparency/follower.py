@@ -1,0 +1,235 @@
+"""The transparency log's follower: grows each tenant's tree and signs its checkpoints.
+
+A view: the tiles a page changes, the trees' sizes and the position are written in one
+transaction. After each page and on every tick, a tenant whose tree has grown gets a
+signed checkpoint once ``every_records`` leaves have been added since its last one or
+``every_seconds`` have passed since the first of them, whichever comes first. Before
+signing, the new tree is proved consistent, from the stored tiles, with the tenant's
+previous checkpoint: a tree that is not (stored tiles or records rewritten, a rebuild
+over an altered ledger) is refused and reported, never signed.
+
+Signing only writes the checkpoint table: it records nothing in the ledger, or every
+checkpoint would call for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from audit_core.canonical import GENESIS_HASH
+from audit_core.followers.follower import Page, PoisonRecordError, View
+from audit_core.transparency.checkpoint import Checkpoint, sign_checkpoint, tenant_origin
+from audit_core.transparency.exceptions import ProofError, TransparencyError
+from audit_core.transparency.merkle import (
+    consistency_proof,
+    leaf_hash,
+    record_leaf,
+    verify_consistency,
+)
+from audit_core.transparency.note import Signer
+from audit_core.transparency.store import StoredCheckpoint, TreeStore, TreeUpdate
+from audit_core.transparency.tiles import GrowingTree, TileHashes
+
+log = logging.getLogger("vigil.transparency")
+
+NAME = "transparency"
+
+
+@dataclass
+class _Tree:
+    grown: GrowingTree
+    head_hash: str
+    signed_size: int | None = None
+    signed_root: bytes | None = None
+    pending_since: float | None = None
+    """When the tree first grew past its latest checkpoint (monotonic clock)."""
+    touched: bool = field(default=False)
+
+
+class TransparencyLog(View):
+    """Keeps every tenant's Merkle tree in tiles and signs checkpoints of it."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        store: TreeStore,
+        signer: Signer | None,
+        log_origin: str,
+        *,
+        every_records: int = 10_000,
+        every_seconds: float = 0.5,
+        on_refusal: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.store = store
+        self.tracking = store
+        self.signer = signer
+        self.log_origin = log_origin
+        self.every_records = every_records
+        self.every_seconds = every_seconds
+        self.on_refusal = on_refusal
+        self.clock = clock
+        self._trees: dict[str, _Tree] = {}
+        self._scanned = False
+        self.refusals: dict[str, str] = {}
+        """Tenants whose new tree was refused a checkpoint, and why."""
+
+    # -- following ------------------------------------------------------------------------
+
+    def _tree(self, tenant: str) -> _Tree:
+        tree = self._trees.get(tenant)
+        if tree is None:
+            stored = self.store.tree(tenant)
+            size, head = stored if stored else (0, GENESIS_HASH)
+            grown = GrowingTree.load(size, lambda keys: self.store.read_tiles(tenant, keys))
+            tree = self._trees[tenant] = _Tree(grown, head)
+            latest = self.store.latest_checkpoint(tenant)
+            if latest is not None:
+                tree.signed_size, tree.signed_root = latest.size, latest.root
+            if size > (tree.signed_size or 0):
+                tree.pending_since = self.clock()
+        return tree
+
+    def handle(self, page: Page) -> None:
+        records = page.records
+        touched: dict[str, _Tree] = {}
+        sha256 = hashlib.sha256
+        try:
+            for index, record in enumerate(records):
+                tenant = record.get("tenant")
+                if not isinstance(tenant, str):
+                    raise PoisonRecordError("the record names no tenant", index)
+                tree = touched.get(tenant) or self._tree(tenant)
+                touched[tenant] = tree
+                seq = record.get("seq")
+                if seq != tree.grown.size:
+                    raise PoisonRecordError(
+                        f"record seq {seq!r} of tenant {tenant!r} comes when its tree holds "
+                        f"{tree.grown.size} leaves: a record is missing or repeated; run "
+                        "`vigil verify`",
+                        index,
+                    )
+                leaf = record_leaf(record)
+                if record.get("prev_hash") != tree.head_hash:
+                    raise PoisonRecordError(
+                        f"seq {seq} of tenant {tenant!r}: prev_hash is not the hash of the "
+                        "record before it; run `vigil verify`",
+                        index,
+                    )
+                if sha256(leaf).hexdigest() != record.get("hash"):
+                    raise PoisonRecordError(
+                        f"seq {seq} of tenant {tenant!r}: its content does not hash to its "
+                        "stored hash; run `vigil verify`",
+                        index,
+                    )
+                tree.grown.append(leaf_hash(leaf))
+                tree.head_hash = record["hash"]
+            updates = [
+                TreeUpdate(tenant, tree.grown.size, tree.head_hash, tree.grown.take_dirty())
+                for tenant, tree in touched.items()
+            ]
+            self.store.write(updates, page.tracking)
+        except BaseException:
+            # The trees in memory went past what is stored: read them again.
+            for tenant in touched:
+                self._trees.pop(tenant, None)
+            raise
+        now = self.clock()
+        for tree in touched.values():
+            if tree.pending_since is None:
+                tree.pending_since = now
+        self.sign_due()
+
+    def reload(self) -> None:
+        self._trees.clear()
+        self._scanned = False
+
+    def tick(self) -> None:
+        self.sign_due()
+
+    def clear(self) -> None:
+        self.store.clear(self.name)
+        self.reload()
+
+    # -- signing --------------------------------------------------------------------------
+
+    def _scan(self) -> None:
+        """Tenants whose stored tree is past their latest checkpoint (after a restart)."""
+        self._scanned = True
+        for tenant in self.store.trees():
+            self._tree(tenant)
+
+    def sign_due(self, *, force: bool = False, tenant: str | None = None) -> list[StoredCheckpoint]:
+        """Sign a checkpoint for each tenant that is due one (all grown ones if
+        ``force``, or only ``tenant``); return the checkpoints signed."""
+        if self.signer is None:
+            return []
+        if not self._scanned:
+            self._scan()
+        if tenant is not None:
+            self._tree(tenant)
+        now = self.clock()
+        signed: list[StoredCheckpoint] = []
+        for name, tree in list(self._trees.items()):
+            if tenant is not None and name != tenant:
+                continue
+            grown = tree.grown.size - (tree.signed_size or 0)
+            if grown <= 0 or tree.pending_since is None:
+                continue
+            due = (
+                force
+                or grown >= self.every_records
+                or now - tree.pending_since >= self.every_seconds
+            )
+            if due:
+                checkpoint = self._sign(name, tree)
+                if checkpoint is not None:
+                    signed.append(checkpoint)
+        return signed
+
+    def _sign(self, tenant: str, tree: _Tree) -> StoredCheckpoint | None:
+        assert self.signer is not None
+        size, root = tree.grown.size, tree.grown.root()
+        latest = self.store.latest_checkpoint(tenant)
+        if latest is not None and latest.size >= size:
+            # Another process signed meanwhile (or the tree shrank: verify reports it).
+            tree.signed_size, tree.signed_root = latest.size, latest.root
+            tree.pending_since = None if latest.size == size else tree.pending_since
+            return None
+        if latest is not None:
+            hashes = TileHashes(lambda keys: self.store.read_tiles(tenant, keys))
+            try:
+                proof = consistency_proof(latest.size, size, hashes.read)
+                verify_consistency(latest.size, size, latest.root, root, proof)
+            except (ProofError, TransparencyError) as error:
+                self._refuse(tenant, latest.size, size, str(error))
+                return None
+        checkpoint = Checkpoint(tenant_origin(self.log_origin, tenant), size, root)
+        stored = StoredCheckpoint(
+            tenant,
+            size,
+            root,
+            sign_checkpoint(checkpoint, self.signer),
+            datetime.now(UTC).isoformat(timespec="milliseconds"),
+        )
+        self.store.add_checkpoint(stored)
+        tree.signed_size, tree.signed_root, tree.pending_since = size, root, None
+        self.refusals.pop(tenant, None)
+        return stored
+
+    def _refuse(self, tenant: str, old: int, new: int, reason: str) -> None:
+        message = (
+            f"refused to sign a checkpoint of tenant {tenant!r} at size {new}: the tree is "
+            f"not consistent with its checkpoint at size {old} ({reason}); run `vigil verify`"
+        )
+        if self.refusals.get(tenant) != message:
+            log.error(message)
+            if self.on_refusal is not None:
+                self.on_refusal(message)
+        self.refusals[tenant] = message

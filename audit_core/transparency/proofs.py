@@ -1,0 +1,114 @@
+"""Proofs and tiles served from the stored trees, bounded by the latest checkpoint.
+
+Only what a signed checkpoint covers is served: a proof for a tree size beyond the
+tenant's latest checkpoint, or a tile that tree does not complete yet, is refused
+(:class:`SizeError`, :class:`TileNotFoundError`) rather than answered from a tree that
+no signature vouches for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from audit_core.transparency.exceptions import SizeError, TileNotFoundError
+from audit_core.transparency.merkle import HASH_SIZE, consistency_proof, inclusion_proof
+from audit_core.transparency.store import StoredCheckpoint, TreeStore
+from audit_core.transparency.tiles import TILE_WIDTH, Tile, TileHashes
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    seq: int
+    size: int
+    leaf_hash: bytes
+    hashes: list[bytes]
+    checkpoint: StoredCheckpoint
+    """The latest checkpoint (its size is at least ``size``)."""
+
+
+@dataclass(frozen=True)
+class ConsistencyProof:
+    old_size: int
+    new_size: int
+    hashes: list[bytes]
+    checkpoint: StoredCheckpoint
+
+
+class TreeReader:
+    """Reads one database's trees for proofs and tiles."""
+
+    def __init__(self, store: TreeStore):
+        self.store = store
+
+    def latest(self, tenant: str) -> StoredCheckpoint:
+        checkpoint = self.store.latest_checkpoint(tenant)
+        if checkpoint is None:
+            raise SizeError(
+                f"tenant {tenant!r} has no signed checkpoint yet; one is signed shortly "
+                "after its first record"
+            )
+        return checkpoint
+
+    def _size(self, tenant: str, size: int | None) -> tuple[int, StoredCheckpoint]:
+        latest = self.latest(tenant)
+        if size is None:
+            return latest.size, latest
+        if size > latest.size:
+            raise SizeError(
+                f"tree size {size} is beyond the latest checkpoint of tenant {tenant!r} "
+                f"(size {latest.size}); ask again after the next checkpoint"
+            )
+        if size < 1:
+            raise SizeError(f"tree size {size}: a proof needs a tree of at least 1 leaf")
+        return size, latest
+
+    def _hashes(self, tenant: str) -> TileHashes:
+        return TileHashes(lambda keys: self.store.read_tiles(tenant, keys))
+
+    def leaf_hash(self, tenant: str, seq: int) -> bytes:
+        data = self.store.read_tiles(tenant, [(0, seq // TILE_WIDTH)]).get((0, seq // TILE_WIDTH))
+        offset = (seq % TILE_WIDTH) * HASH_SIZE
+        if data is None or len(data) < offset + HASH_SIZE:
+            raise TileNotFoundError(f"the tree of tenant {tenant!r} holds no leaf at seq {seq}")
+        return data[offset : offset + HASH_SIZE]
+
+    def inclusion(self, tenant: str, seq: int, size: int | None = None) -> InclusionProof:
+        """The proof that the record at ``seq`` is in the tree of ``size`` (default:
+        the latest checkpoint's)."""
+        tree_size, latest = self._size(tenant, size)
+        if not 0 <= seq < tree_size:
+            raise SizeError(
+                f"seq {seq} is not in the tree of tenant {tenant!r} of size {tree_size}"
+                + (" (the latest checkpoint)" if size is None else "")
+            )
+        hashes = inclusion_proof(seq, tree_size, self._hashes(tenant).read)
+        return InclusionProof(seq, tree_size, self.leaf_hash(tenant, seq), hashes, latest)
+
+    def consistency(
+        self, tenant: str, old_size: int, new_size: int | None = None
+    ) -> ConsistencyProof:
+        """The proof that the tree of ``new_size`` (default: the latest checkpoint's)
+        extends the tree of ``old_size``."""
+        tree_size, latest = self._size(tenant, new_size)
+        if not 0 <= old_size <= tree_size:
+            raise SizeError(
+                f"no consistency proof from size {old_size} to size {tree_size}: the old "
+                "size must be between 0 and the new one"
+            )
+        hashes = consistency_proof(old_size, tree_size, self._hashes(tenant).read)
+        return ConsistencyProof(old_size, tree_size, hashes, latest)
+
+    def tile(self, tenant: str, tile: Tile) -> bytes:
+        """A tile's bytes, if the latest checkpoint's tree holds all of it."""
+        latest = self.latest(tenant)
+        if tile.end > latest.size:
+            raise TileNotFoundError(
+                f"{tile.path} is not complete in the latest checkpoint of tenant {tenant!r} "
+                f"(size {latest.size})"
+            )
+        key = (tile.level, tile.index)
+        data = self.store.read_tiles(tenant, [key]).get(key, b"")
+        wanted = tile.width * HASH_SIZE
+        if len(data) < wanted:
+            raise TileNotFoundError(f"{tile.path} is missing from the stored tree of {tenant!r}")
+        return data[:wanted]

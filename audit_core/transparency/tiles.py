@@ -1,0 +1,221 @@
+"""C2SP tlog-tiles: a tree kept as tiles of 256 hashes, read back as subtree hashes.
+
+The tile at level ``L`` and index ``N`` holds, for i in 0..255, the hash of the
+complete subtree of 256**L leaves that starts at leaf (N * 256 + i) * 256**L: level 0
+holds leaf hashes, and each hash at level L + 1 is the root of a full tile at level L.
+The rightmost tile of each level is partial (fewer than 256 hashes); it grows in place
+until it is full, and is served as ``.p/<W>`` for any width its hashes already fill.
+
+Path of a tile: ``tile/<L>/<N>[.p/<W>]``, where ``N`` is written as three-digit path
+elements, all but the last prefixed with ``x`` (1234067 is ``x001/x234/067``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from audit_core.transparency.exceptions import TileNotFoundError
+from audit_core.transparency.merkle import HASH_SIZE, perfect_root, tree_hash
+
+TILE_HEIGHT = 8
+TILE_WIDTH = 1 << TILE_HEIGHT
+TILE_BYTES = TILE_WIDTH * HASH_SIZE
+MAX_LEVEL = 63
+
+TileKey = tuple[int, int]
+"""(level, index) of a tile."""
+TileReader = Callable[[list[TileKey]], dict[TileKey, bytes]]
+"""Reads the stored bytes of tiles (as many hashes as they hold so far)."""
+
+_PATH = re.compile(r"tile/(0|[1-9][0-9]?)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?")
+
+
+def index_path(index: int) -> str:
+    """``N`` of a tile path: 1234067 → ``x001/x234/067``."""
+    groups: list[str] = []
+    while True:
+        groups.append(f"{index % 1000:03d}")
+        index //= 1000
+        if index == 0:
+            break
+    groups.reverse()
+    return "/".join([*(f"x{group}" for group in groups[:-1]), groups[-1]])
+
+
+@dataclass(frozen=True, order=True)
+class Tile:
+    level: int
+    index: int
+    width: int = TILE_WIDTH
+
+    @property
+    def path(self) -> str:
+        suffix = f".p/{self.width}" if self.width < TILE_WIDTH else ""
+        return f"tile/{self.level}/{index_path(self.index)}{suffix}"
+
+    @property
+    def span(self) -> int:
+        """Leaves under one of its hashes."""
+        return int(TILE_WIDTH**self.level)
+
+    @property
+    def end(self) -> int:
+        """The tree size from which this tile (at this width) is complete."""
+        return (self.index * TILE_WIDTH + self.width) * self.span
+
+    @classmethod
+    def parse(cls, path: str) -> Tile:
+        """The tile at a path (``tile/...``), refusing any other spelling of it."""
+        match = _PATH.fullmatch(path)
+        if match is None:
+            raise TileNotFoundError(f"{path!r} is not a tile path (tile/<L>/<N>[.p/<W>])")
+        level, index = int(match[1]), int(match[2].replace("x", "").replace("/", ""))
+        width = int(match[3]) if match[3] else TILE_WIDTH
+        if level > MAX_LEVEL or width >= TILE_WIDTH:
+            raise TileNotFoundError(f"{path!r}: the level is at most 63, a partial width 1-255")
+        if index_path(index) != match[2]:
+            raise TileNotFoundError(f"{path!r}: the tile index is not spelled canonically")
+        return cls(level, index, width)
+
+
+def tiles_of(size: int) -> list[Tile]:
+    """Every tile of a tree of ``size`` leaves: the full ones and the partial rightmost
+    one of each level that has one."""
+    tiles: list[Tile] = []
+    level = 0
+    while TILE_WIDTH**level <= size:
+        span = TILE_WIDTH**level
+        entries = size // span
+        tiles += [Tile(level, index) for index in range(entries // TILE_WIDTH)]
+        if entries % TILE_WIDTH:
+            tiles.append(Tile(level, entries // TILE_WIDTH, entries % TILE_WIDTH))
+        level += 1
+    return tiles
+
+
+def tile_keys_for(height: int, index: int) -> TileKey:
+    """The tile that holds the complete subtree (height, index)."""
+    level = height // TILE_HEIGHT
+    first = index << (height % TILE_HEIGHT)
+    return level, first // TILE_WIDTH
+
+
+def _subtree(data: bytes | bytearray, height: int, index: int) -> bytes:
+    rest = height % TILE_HEIGHT
+    first = (index << rest) % TILE_WIDTH
+    count = 1 << rest
+    if (first + count) * HASH_SIZE > len(data):
+        raise TileNotFoundError(
+            f"the stored tile for subtree (height {height}, index {index}) holds "
+            f"{len(data) // HASH_SIZE} hashes; the tree is missing hashes it should have"
+        )
+    if count == 1:
+        return bytes(data[first * HASH_SIZE : (first + 1) * HASH_SIZE])
+    hashes = [bytes(data[i * HASH_SIZE : (i + 1) * HASH_SIZE]) for i in range(first, first + count)]
+    return perfect_root(hashes)
+
+
+class TileHashes:
+    """Complete-subtree hashes of a stored tree, read from its tiles (each tile read
+    once), for building proofs: ``hashes.read`` is a :data:`~merkle.HashReader`."""
+
+    def __init__(self, read_tiles: TileReader):
+        self._read_tiles = read_tiles
+        self._tiles: dict[TileKey, bytes] = {}
+
+    def prefetch(self, keys: Iterable[TileKey]) -> None:
+        wanted = [key for key in keys if key not in self._tiles]
+        if wanted:
+            self._tiles.update(self._read_tiles(wanted))
+
+    def read(self, height: int, index: int) -> bytes:
+        key = tile_keys_for(height, index)
+        if key not in self._tiles:
+            self.prefetch([key])
+        data = self._tiles.get(key)
+        if data is None:
+            raise TileNotFoundError(
+                f"tile {Tile(*key).path} is missing from the stored tree "
+                f"(needed for subtree height {height}, index {index})"
+            )
+        return _subtree(data, height, index)
+
+
+class GrowingTree:
+    """A tenant's tree as a follower grows it: its size and the rightmost (partial) tile
+    of each level, in memory; appending a leaf hash fills them and hashes each tile that
+    fills up into the level above. ``dirty`` holds the tiles changed since the last
+    :meth:`take_dirty`, to be written with the follower's position."""
+
+    def __init__(self, size: int = 0, edge: dict[int, bytes] | None = None):
+        self.size = size
+        self.edge: dict[int, bytearray] = {
+            level: bytearray(data) for level, data in (edge or {}).items()
+        }
+        self.dirty: dict[TileKey, bytearray] = {}
+
+    @staticmethod
+    def edge_keys(size: int) -> list[TileKey]:
+        """The tiles holding the rightmost (partial) tile of each level at ``size``."""
+        keys: list[TileKey] = []
+        level = 0
+        while TILE_WIDTH**level <= size:
+            entries = size // TILE_WIDTH**level
+            if entries % TILE_WIDTH:
+                keys.append((level, entries // TILE_WIDTH))
+            level += 1
+        return keys
+
+    @classmethod
+    def load(cls, size: int, read_tiles: TileReader) -> GrowingTree:
+        """The tree of ``size`` leaves from its stored edge tiles."""
+        keys = cls.edge_keys(size)
+        stored = read_tiles(keys) if keys else {}
+        edge: dict[int, bytes] = {}
+        for level, index in keys:
+            width = (size // TILE_WIDTH**level) % TILE_WIDTH
+            data = stored.get((level, index), b"")
+            if len(data) < width * HASH_SIZE:
+                raise TileNotFoundError(
+                    f"tile {Tile(level, index, width).path} of a tree of size {size} holds "
+                    f"{len(data) // HASH_SIZE} hashes; clear and rebuild the tree"
+                )
+            edge[level] = data[: width * HASH_SIZE]
+        return cls(size, edge)
+
+    def append(self, value: bytes) -> None:
+        self.size += 1
+        level, entries = 0, self.size
+        while True:
+            tile = self.edge.get(level)
+            if tile is None:
+                tile = self.edge[level] = bytearray()
+            tile += value
+            self.dirty[(level, (entries - 1) // TILE_WIDTH)] = tile
+            if len(tile) < TILE_BYTES:
+                return
+            value = perfect_root([bytes(tile[i : i + HASH_SIZE]) for i in range(0, TILE_BYTES, 32)])
+            self.edge[level] = bytearray()
+            level += 1
+            entries //= TILE_WIDTH
+
+    def take_dirty(self) -> list[tuple[int, int, bytes]]:
+        """The tiles changed since the last call, as (level, index, hashes)."""
+        dirty = [(level, index, bytes(data)) for (level, index), data in self.dirty.items()]
+        self.dirty.clear()
+        return dirty
+
+    def read(self, height: int, index: int) -> bytes:
+        """A complete subtree along the right edge (what the root is made of)."""
+        level = height // TILE_HEIGHT
+        data = self.edge.get(level, bytearray())
+        first = index << (height % TILE_HEIGHT)
+        expected = (self.size // TILE_WIDTH**level) // TILE_WIDTH
+        if first // TILE_WIDTH != expected:
+            raise TileNotFoundError(f"subtree ({height}, {index}) is not on the tree's right edge")
+        return _subtree(data, height, index)
+
+    def root(self) -> bytes:
+        return tree_hash(self.size, self.read)

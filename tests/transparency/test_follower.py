@@ -1,0 +1,159 @@
+"""The tree follower on SQLite and PostgreSQL: trees in tiles, checkpoints signed when
+due, proofs served only under a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from audit_core.transparency import (
+    Checkpoint,
+    MemoryTree,
+    SizeError,
+    TileNotFoundError,
+    open_checkpoint,
+    record_leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from audit_core.transparency.store import TreeUpdate
+from audit_core.transparency.tiles import TILE_BYTES, Tile, tiles_of
+from tests.stores import Store
+from tests.transparency.conftest import ORIGIN, OpenedLog
+
+
+def test_each_tenants_tree_matches_its_records_and_the_checkpoint_is_signed(
+    opened: OpenedLog,
+) -> None:
+    acme = opened.record("acme", 700)
+    globex = opened.record("globex", 5)
+    opened.follow()
+    for tenant, records in (("acme", acme), ("globex", globex)):
+        expected = MemoryTree(record_leaf_hash(r) for r in records)
+        stored = opened.trees.latest_checkpoint(tenant)
+        assert stored is not None
+        checkpoint = open_checkpoint(stored.note, [opened.signer.verifier])
+        assert checkpoint == Checkpoint(f"{ORIGIN}/{tenant}", len(records), expected.root())
+
+
+def test_the_tiles_are_the_tlog_tiles_of_the_tree(opened: OpenedLog) -> None:
+    records = opened.record("acme", 70_000 // 100)  # 700 leaves: 2 full tiles, 1 partial
+    opened.follow()
+    expected = MemoryTree(record_leaf_hash(r) for r in records)
+    tiles = tiles_of(len(records))
+    assert [t.path for t in tiles] == [
+        "tile/0/000", "tile/0/001", "tile/0/002.p/188", "tile/1/000.p/2",
+    ]  # fmt: skip
+    full = opened.reader.tile("acme", Tile(0, 1))
+    assert len(full) == TILE_BYTES
+    assert full == b"".join(expected.levels[0][256:512])
+    level_one = opened.reader.tile("acme", Tile(1, 0, 2))
+    assert level_one == expected.levels[8][0] + expected.levels[8][1]
+
+
+def test_every_proof_served_verifies_against_the_signed_checkpoint(opened: OpenedLog) -> None:
+    records = opened.record("acme", 300)
+    opened.follow()
+    first = open_checkpoint(opened.reader.latest("acme").note, [opened.signer.verifier])
+    for seq in range(0, 300, 7):
+        proof = opened.reader.inclusion("acme", seq)
+        assert proof.leaf_hash == record_leaf_hash(records[seq])
+        verify_inclusion(seq, first.size, proof.leaf_hash, proof.hashes, first.root)
+    more = opened.record("acme", 213, prefix="more")
+    opened.follow()
+    second = open_checkpoint(opened.reader.latest("acme").note, [opened.signer.verifier])
+    assert second.size == 513
+    consistency = opened.reader.consistency("acme", first.size)
+    verify_consistency(first.size, second.size, first.root, second.root, consistency.hashes)
+    older = opened.reader.inclusion("acme", 5, size=100)
+    expected = MemoryTree(record_leaf_hash(r) for r in [*records, *more])
+    verify_inclusion(5, 100, older.leaf_hash, older.hashes, expected.root(100))
+
+
+def test_sizes_and_tiles_beyond_the_latest_checkpoint_are_refused(opened: OpenedLog) -> None:
+    with pytest.raises(SizeError, match="no signed checkpoint yet"):
+        opened.reader.inclusion("acme", 0)
+    opened.record("acme", 10)
+    opened.follow()
+    opened.record("acme", 10, prefix="later")
+    opened.runner.drain()  # the tree grows; no checkpoint is due yet
+    with pytest.raises(SizeError, match="beyond the latest checkpoint of tenant 'acme'"):
+        opened.reader.inclusion("acme", 0, size=11)
+    with pytest.raises(SizeError, match="not in the tree of tenant 'acme' of size 10"):
+        opened.reader.inclusion("acme", 15)
+    with pytest.raises(TileNotFoundError, match="not complete"):
+        opened.reader.tile("acme", Tile(0, 0, 11))
+    assert len(opened.reader.tile("acme", Tile(0, 0, 10))) == 320
+
+
+def test_a_checkpoint_is_signed_after_n_records_or_t_seconds(store: Store) -> None:
+    now = [0.0]
+    opened = OpenedLog(store, every_records=50, every_seconds=2.0, clock=lambda: now[0])
+    try:
+        opened.record("acme", 10)
+        opened.runner.drain()
+        assert opened.trees.latest_checkpoint("acme") is None
+        now[0] = 1.9
+        opened.log.tick()
+        assert opened.trees.latest_checkpoint("acme") is None
+        now[0] = 2.0
+        opened.log.tick()
+        assert [c.size for c in opened.trees.checkpoints("acme")] == [10]
+        opened.record("acme", 60, prefix="burst")
+        opened.runner.drain()  # 50 records since the last: signed without waiting
+        assert opened.trees.checkpoints("acme")[-1].size == 70
+        opened.log.tick()
+        assert [c.size for c in opened.trees.checkpoints("acme")] == [10, 70]
+    finally:
+        opened.close()
+
+
+def test_signing_records_nothing_in_the_ledger(opened: OpenedLog) -> None:
+    opened.record("acme", 3)
+    opened.follow()
+    opened.log.sign_due(force=True)
+    assert opened.ledger.size("acme") == 3
+    assert len(opened.trees.checkpoints("acme")) == 1
+
+
+def test_checkpoints_are_kept_and_a_rebuilt_tree_continues_them(opened: OpenedLog) -> None:
+    opened.record("acme", 20)
+    opened.follow()
+    opened.record("acme", 5, prefix="b")
+    opened.follow()
+    before = opened.trees.checkpoints("acme")
+    opened.log.clear()
+    opened.follow()
+    assert opened.trees.checkpoints("acme") == before
+    opened.record("acme", 1, prefix="c")
+    opened.follow()
+    assert [c.size for c in opened.trees.checkpoints("acme")] == [20, 25, 26]
+
+
+def test_a_tree_inconsistent_with_its_checkpoint_is_never_signed(opened: OpenedLog) -> None:
+    opened.record("acme", 20)
+    opened.follow()
+    # Someone rewrites a stored leaf hash of the tree, then the log grows.
+    tile = opened.trees.read_tiles("acme", [(0, 0)])[(0, 0)]
+    forged = hashlib.sha256(b"forged").digest() + tile[32:]
+
+    opened.trees.write(
+        [TreeUpdate("acme", 20, opened.ledger.head("acme")[1], [(0, 0, forged)])], None
+    )
+    opened.log.reload()
+    opened.record("acme", 5, prefix="b")
+    opened.follow()
+    assert [c.size for c in opened.trees.checkpoints("acme")] == [20]
+    assert "not consistent with its checkpoint at size 20" in opened.log.refusals["acme"]
+
+
+def test_a_second_process_sees_the_same_checkpoints(store: Store, opened: OpenedLog) -> None:
+    opened.record("acme", 4)
+    opened.follow()
+    other = OpenedLog(store, signer=opened.signer)
+    try:
+        assert other.log.sign_due(force=True) == []
+        assert other.reader.latest("acme") == opened.reader.latest("acme")
+    finally:
+        other.close()
