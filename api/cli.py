@@ -109,7 +109,9 @@ def parse_events(text: str, source: str) -> list[tuple[str, Any]]:
     if stripped[0] in "[{":
         try:
             whole = parse_json(text)
-        except ValueError:
+        except ValueError as error:
+            if "duplicate key" in str(error):  # JSON Lines would not make it valid
+                fail(f"{source}: not I-JSON: {error}", 2)
             whole = None  # more than one value: JSON Lines
         if isinstance(whole, list):
             return [(f"{source}: element {i}", event) for i, event in enumerate(whole)]
@@ -147,49 +149,79 @@ def _progress() -> Progress:
     )
 
 
+def _by_tenant(located: list[tuple[str, Any]], tenant: str | None) -> dict[str, list[int]]:
+    """The positions of the events of each tenant, in the order tenants first appear:
+    ``--tenant`` for all of them, else the tenant each event names."""
+    groups: dict[str, list[int]] = {}
+    for index, (where, event) in enumerate(located):
+        named = event.get("tenant") if isinstance(event, dict) else None
+        if tenant is None and not isinstance(named, str):
+            fail(
+                f'{where}: the event names no tenant; give --tenant T, or a "tenant" field '
+                "in each event; nothing recorded",
+                2,
+            )
+        groups.setdefault(tenant or named, []).append(index)  # type: ignore[arg-type]
+    return groups
+
+
 @app.command()
 def record(
     path: Annotated[
         str, typer.Argument(help="File of events (JSON object, array or JSON Lines); - for stdin.")
     ] = "-",
-    tenant: TenantOption = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            "-t",
+            help='Tenant of every event; without it, each event\'s own "tenant" field.',
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Events per atomic batch.")] = 500,
 ) -> None:
-    """Record audit events. The whole input is validated before anything is recorded."""
+    """Record audit events. The whole input is validated before anything is recorded;
+    each batch (of one tenant) is atomic."""
     source = "stdin" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         fail(f"cannot read {source}: {error}", 2)
     located = parse_events(text, source)
-    where = [w for w, _ in located]
-    events = [e for _, e in located]
+    groups = _by_tenant(located, tenant)
     with open_ledger() as ledger:
         batch_size = min(batch_size, ledger.limits.max_batch_events)
-        for start in range(0, len(events), batch_size):
+        batches = [
+            (name, indexes[start : start + batch_size])
+            for name, indexes in groups.items()
+            for start in range(0, len(indexes), batch_size)
+        ]
+        for name, indexes in batches:
             try:
                 normalise_batch(
-                    events[start : start + batch_size], tenant, datetime.now(UTC), ledger.limits
+                    [located[i][1] for i in indexes], name, datetime.now(UTC), ledger.limits
                 )
             except InvalidEventError as error:
-                fail(f"nothing recorded:\n{_located(error, where, start)}", 2)
-        before = ledger.size(tenant)
-        new = 0
-        last: dict[str, Any] = {}
+                where = [located[i][0] for i in indexes]
+                fail(f"nothing recorded:\n{_located(error, where, 0)}", 2)
+        before = {name: ledger.size(name) for name in groups}
+        new = dict.fromkeys(groups, 0)
+        last: dict[str, dict[str, Any]] = {}
         with _progress() as progress:
-            task = progress.add_task(f"recording to {tenant}", total=len(events))
-            for start in range(0, len(events), batch_size):
+            task = progress.add_task(f"recording to {', '.join(groups)}", total=len(located))
+            for name, indexes in batches:
                 try:
-                    records = ledger.record(tenant, events[start : start + batch_size])
+                    records = ledger.record(name, [located[i][1] for i in indexes])
                 except DuplicateEventIdError as error:
-                    fail(f"{where[start + error.index]}: {error}", 4)
-                new += sum(1 for r in records if r["seq"] >= before)
-                last = records[-1]
+                    fail(f"{located[indexes[error.index]][0]}: {error}", 4)
+                new[name] += sum(1 for r in records if r["seq"] >= before[name])
+                last[name] = records[-1]
                 progress.advance(task, len(records))
-        out.print(
-            f"recorded {new} new event(s), {len(events) - new} already present; "
-            f"tenant {tenant} last seq {last['seq']} hash {last['hash']}"
-        )
+        for name, indexes in groups.items():
+            out.print(
+                f"recorded {new[name]} new event(s), {len(indexes) - new[name]} already "
+                f"present; tenant {name} last seq {last[name]['seq']} hash {last[name]['hash']}"
+            )
 
 
 def _print_record(record: dict[str, Any]) -> None:

@@ -87,7 +87,7 @@ def run_vigil(store: Store, cwd: Path, *args: str, stdin: str | None = None) -> 
 
 
 def test_record_reads_json_lines_from_a_file(vigil: Vigil) -> None:
-    result = vigil("record", vigil.file(jsonl(audit_events(3))))
+    result = vigil("record", "--tenant", "default", vigil.file(jsonl(audit_events(3))))
     assert result.exit_code == 0, result.output
     assert "recorded 3 new event(s), 0 already present; tenant default last seq 2" in result.stdout
     records = vigil.ledger().read("default")
@@ -104,18 +104,18 @@ def test_record_reads_a_json_array_from_stdin(vigil: Vigil) -> None:
 
 def test_record_reads_a_single_pretty_printed_object(vigil: Vigil) -> None:
     text = orjson.dumps(audit_event("solo"), option=orjson.OPT_INDENT_2).decode()
-    result = vigil("record", "-", stdin=text)
+    result = vigil("record", "--tenant", "default", "-", stdin=text)
     assert result.exit_code == 0, result.output
     assert vigil.ledger().get("default", "solo")["seq"] == 0
 
 
 def test_recording_the_sample_file_again_records_nothing_new(vigil: Vigil) -> None:
-    first = vigil("record", str(SAMPLES))
+    first = vigil("record", "--tenant", "default", str(SAMPLES))
     assert first.exit_code == 0, first.output
     assert "recorded 48 new event(s), 0 already present" in first.stdout
     head = vigil.ledger().head("default")
 
-    again = vigil("record", str(SAMPLES))
+    again = vigil("record", "--tenant", "default", str(SAMPLES))
 
     assert again.exit_code == 0, again.output
     assert "recorded 0 new event(s), 48 already present" in again.stdout
@@ -127,14 +127,14 @@ def test_a_line_of_malformed_json_exits_2_naming_the_line_and_records_nothing(
     vigil: Vigil,
 ) -> None:
     text = jsonl(audit_events(1)) + '{"id": "evt-1", "action":\n' + jsonl(audit_events(1, "x"))
-    result = vigil("record", path := vigil.file(text))
+    result = vigil("record", "--tenant", "default", path := vigil.file(text))
     assert result.exit_code == 2
     assert f"{path}: line 2: not valid JSON" in result.stderr
     assert vigil.ledger().tenants() == []
 
 
 def test_a_malformed_json_array_exits_2(vigil: Vigil) -> None:
-    result = vigil("record", stdin='[{"id": "evt-1"},')
+    result = vigil("record", "--tenant", "default", stdin='[{"id": "evt-1"},')
     assert result.exit_code == 2
     assert "stdin: line 1: not valid JSON" in result.stderr
     assert vigil.ledger().tenants() == []
@@ -142,7 +142,7 @@ def test_a_malformed_json_array_exits_2(vigil: Vigil) -> None:
 
 def test_an_invalid_field_exits_2_naming_line_and_field_and_records_nothing(vigil: Vigil) -> None:
     events = [*audit_events(2), audit_event("bad", actor={"id": "u-1", "ip": "10.0.0.300"})]
-    result = vigil("record", path := vigil.file(jsonl(events)))
+    result = vigil("record", "--tenant", "default", path := vigil.file(jsonl(events)))
     assert result.exit_code == 2
     assert "nothing recorded" in result.stderr
     assert f"{path}: line 3, field 'actor.ip'" in result.stderr
@@ -152,7 +152,7 @@ def test_an_invalid_field_exits_2_naming_line_and_field_and_records_nothing(vigi
 def test_an_integer_beyond_64_bits_is_refused_not_rounded_to_a_float(vigil: Vigil) -> None:
     text = orjson.dumps(audit_event("big", metadata={"n": 0})).decode()
     big = text.replace('"n":0', '"n":[12345678901234567890123]')
-    result = vigil("record", stdin=big)
+    result = vigil("record", "--tenant", "default", stdin=big)
     assert result.exit_code == 2, result.output
     assert "field 'metadata'" in result.stderr
     assert "send it as a string" in result.stderr
@@ -161,21 +161,54 @@ def test_an_integer_beyond_64_bits_is_refused_not_rounded_to_a_float(vigil: Vigi
 
 def test_blank_lines_do_not_shift_the_line_numbers_in_errors(vigil: Vigil) -> None:
     text = jsonl(audit_events(1)) + "\n   \n" + jsonl([audit_event("bad", outcome="meh")])
-    result = vigil("record", vigil.file(text))
+    result = vigil("record", "--tenant", "default", vigil.file(text))
     assert result.exit_code == 2
     assert "line 4, field 'outcome'" in result.stderr
 
 
+def test_without_tenant_each_event_goes_to_the_tenant_it_names(vigil: Vigil) -> None:
+    events = [
+        audit_event("a-1", tenant="acme"),
+        audit_event("g-1", tenant="globex"),
+        audit_event("a-2", tenant="acme"),
+    ]
+    result = vigil("record", vigil.file(jsonl(events)))
+    assert result.exit_code == 0, result.output
+    assert "recorded 2 new event(s), 0 already present; tenant acme last seq 1" in result.stdout
+    assert "recorded 1 new event(s), 0 already present; tenant globex last seq 0" in result.stdout
+    ledger = vigil.ledger()
+    assert [r["id"] for r in ledger.read("acme")] == ["a-1", "a-2"]
+    assert [r["id"] for r in ledger.read("globex")] == ["g-1"]
+
+
+def test_without_tenant_an_event_naming_none_is_refused_and_nothing_recorded(
+    vigil: Vigil,
+) -> None:
+    events = [audit_event("a-1", tenant="acme"), audit_event("x-1")]
+    result = vigil("record", path := vigil.file(jsonl(events)))
+    assert result.exit_code == 2
+    assert f"{path}: line 2: the event names no tenant; give --tenant T" in result.stderr
+    assert vigil.ledger().tenants() == []
+
+
+def test_without_tenant_a_bad_tenant_name_is_named_by_its_line(vigil: Vigil) -> None:
+    events = [audit_event("a-1", tenant="acme"), audit_event("x-1", tenant="Big Corp")]
+    result = vigil("record", vigil.file(jsonl(events)))
+    assert result.exit_code == 2
+    assert "line 2" in result.stderr
+    assert vigil.ledger().tenants() == []
+
+
 def test_an_invalid_array_element_is_named_by_its_position(vigil: Vigil) -> None:
     events = [audit_event("ok"), audit_event("bad", action="Delete")]
-    result = vigil("record", stdin=orjson.dumps(events).decode())
+    result = vigil("record", "--tenant", "default", stdin=orjson.dumps(events).decode())
     assert result.exit_code == 2
     assert "stdin: element 1, field 'action'" in result.stderr
 
 
 def test_an_invalid_event_in_a_later_batch_stops_the_whole_input(vigil: Vigil) -> None:
     events = [*audit_events(4), audit_event("late", occurred_at="2024-05-01T12:00:00")]
-    result = vigil("record", "--batch-size", "2", vigil.file(jsonl(events)))
+    result = vigil("record", "--tenant", "default", "--batch-size", "2", vigil.file(jsonl(events)))
     assert result.exit_code == 2
     assert "line 5, field 'occurred_at'" in result.stderr
     assert vigil.ledger().size("default") == 0
@@ -184,9 +217,10 @@ def test_an_invalid_event_in_a_later_batch_stops_the_whole_input(vigil: Vigil) -
 def test_a_reused_id_with_other_content_exits_4_and_records_nothing_of_the_input(
     vigil: Vigil,
 ) -> None:
-    assert vigil("record", stdin=jsonl([audit_event("evt-1")])).exit_code == 0
+    first = vigil("record", "--tenant", "default", stdin=jsonl([audit_event("evt-1")]))
+    assert first.exit_code == 0
     events = [audit_event("evt-2"), audit_event("evt-1", outcome="denied")]
-    result = vigil("record", path := vigil.file(jsonl(events)))
+    result = vigil("record", "--tenant", "default", path := vigil.file(jsonl(events)))
     assert result.exit_code == 4
     assert f"{path}: line 2: event 1, field 'id': id 'evt-1'" in result.stderr
     assert vigil.ledger().size("default") == 1
@@ -194,13 +228,13 @@ def test_a_reused_id_with_other_content_exits_4_and_records_nothing_of_the_input
 
 @pytest.mark.parametrize(("text", "message"), [("", "no events"), ("  \n\n", "no events")])
 def test_empty_input_exits_2(vigil: Vigil, text: str, message: str) -> None:
-    result = vigil("record", stdin=text)
+    result = vigil("record", "--tenant", "default", stdin=text)
     assert result.exit_code == 2
     assert message in result.stderr
 
 
 def test_a_missing_file_exits_2(vigil: Vigil, tmp_path: Path) -> None:
-    result = vigil("record", str(tmp_path / "nope.jsonl"))
+    result = vigil("record", "--tenant", "default", str(tmp_path / "nope.jsonl"))
     assert result.exit_code == 2
     assert "cannot read" in result.stderr
 
@@ -335,7 +369,8 @@ def test_a_new_encryption_key_encrypts_what_the_cli_records(vigil: Vigil) -> Non
     Settings(encryption_key=key)
 
     secret = audit_event("evt-1", metadata={"note": "quarterly-payroll-export"})
-    assert vigil("record", stdin=jsonl([secret]), VIGIL_ENCRYPTION_KEY=key).exit_code == 0
+    recorded = vigil("record", "-t", "default", stdin=jsonl([secret]), VIGIL_ENCRYPTION_KEY=key)
+    assert recorded.exit_code == 0
 
     assert b"quarterly-payroll-export" not in vigil.store.everything_stored()
     shown = vigil("show", "evt-1", VIGIL_ENCRYPTION_KEY=key)
@@ -357,7 +392,8 @@ def test_reading_an_encrypted_log_without_its_key_exits_2_pointing_at_the_key(
     vigil: Vigil, args: list[str]
 ) -> None:
     key = base64.b64encode(b"s" * 32).decode()
-    assert vigil("record", stdin=jsonl(audit_events(2)), VIGIL_ENCRYPTION_KEY=key).exit_code == 0
+    events = jsonl(audit_events(2))
+    assert vigil("record", "-t", "default", stdin=events, VIGIL_ENCRYPTION_KEY=key).exit_code == 0
     result = vigil.runner.invoke(
         app, args, env={"VIGIL_DATABASE_URL": vigil.store.url}, catch_exceptions=True
     )
@@ -379,7 +415,8 @@ def test_a_sqlite_path_that_cannot_be_created_exits_2_naming_the_setting(
 
 
 def test_the_sample_file_piped_into_vigil_record_verifies(store: Store, tmp_path: Path) -> None:
-    recorded = run_vigil(store, tmp_path, "record", "-", stdin=SAMPLES.read_text("utf-8"))
+    samples = SAMPLES.read_text("utf-8")
+    recorded = run_vigil(store, tmp_path, "record", "--tenant", "default", "-", stdin=samples)
     assert recorded.returncode == 0, recorded.stderr
     assert "recorded 48 new event(s), 0 already present" in recorded.stdout
 
