@@ -18,8 +18,8 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from audit_core.archive.checkpoints import SelfAttestor
 from audit_core.archive.digests import (
-    Attestation,
     Attestor,
     Digest,
     Link,
@@ -203,16 +203,3 @@ class ArchiveWriter:
             if there is not None and there.checksum_sha256 == checksum:
                 return there
         return self.bucket.put(key, data, content_type)
-
-
-class SelfAttestor:
-    """Signs a checkpoint of exactly the archived tree with the log's key, through the
-    transparency log's checkpoint format: for when no checkpoint of the transparency
-    follower is at hand, so that every digest still names a signed checkpoint that
-    covers its segment (with an empty consistency proof)."""
-
-    def __init__(self, keys: LogKeys):
-        self.keys = keys
-
-    def attest(self, tenant: str, size: int, root: bytes) -> Attestation:
-        return Attestation(self.keys.sign_checkpoint(tenant, size, root), [])
