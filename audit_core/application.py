@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import random
 import threading
@@ -27,6 +26,7 @@ from audit_core.exceptions import (
     LedgerBusyError,
     TenantNotFoundError,
 )
+from audit_core.overlapping_appends import ChainedBatch
 from audit_core.persistence import (
     OPENED_TOPIC,
     IndexedId,
@@ -34,7 +34,6 @@ from audit_core.persistence import (
     LedgerRecorder,
     PostgresLedgerRecorder,
     SQLiteLedgerRecorder,
-    StoreTurn,
 )
 from audit_core.schema import (
     Limits,
@@ -130,21 +129,6 @@ def _append(
     return results, indexed
 
 
-class _Append:
-    """A batch chained in memory and on its way to storage: the next batch of the same
-    tenant chains after it, and is stored only if it was."""
-
-    def __init__(self, log: TenantLog, before: _Append | None, patience: float | None):
-        self._head = copy.copy(log)
-        self._head._pending_events = []  # they are this batch's, saved with ``log``
-        self.turn: StoreTurn = StoreTurn(before.turn if before else None, patience)
-
-    def head(self) -> TenantLog:
-        head = copy.copy(self._head)
-        head._pending_events = []
-        return head
-
-
 _RECORDERS = {
     "eventsourcing.postgres": PostgresLedgerRecorder,
     "eventsourcing.sqlite": SQLiteLedgerRecorder,
@@ -186,7 +170,7 @@ class Ledger(Application[UUID]):
         secret = self.env.get("CIPHER_KEY") or "vigil-event-id-index"
         self._id_secret = hashlib.sha256(b"vigil id index\x00" + secret.encode()).digest()
         self._appends_lock = threading.Lock()
-        self._latest_appends: dict[str, _Append] = {}
+        self._latest_appends: dict[str, ChainedBatch] = {}
         # How long a batch waits for the one chained before it: as long as for a lock.
         self._turn_patience = float(self.env.get("POSTGRES_LOCK_TIMEOUT") or 0) or 30.0
 
@@ -280,7 +264,7 @@ class Ledger(Application[UUID]):
                 previous = self._latest_appends.get(tenant) if attempt == 1 else None
                 log = previous.head() if previous else self._load_or_open(tenant, fresh=attempt > 1)
                 results, indexed = _append(log, batch, known, originals)
-                this = _Append(log, previous, self._turn_patience) if indexed else None
+                this = ChainedBatch(log, previous, self._turn_patience) if indexed else None
                 if this is not None:
                     self._latest_appends[tenant] = this
             if on_chained is not None:

@@ -10,10 +10,10 @@ events, so they are atomic with them:
   instead of ``INSERT ... unnest()`` of a text-encoded composite array, which spends
   about a third of a 500-event save escaping values.
 
-A batch chained in memory after another one of the same process is stored in its
-:class:`StoreTurn`: on PostgreSQL its transaction writes the id index rows (random keys
-into a large index, a good part of the work) while the batch before commits, and waits
-for that commit only before it takes the table lock.
+A batch chained in memory after another one of the same process is stored in its turn
+(:mod:`audit_core.overlapping_appends`): on PostgreSQL its transaction writes the id
+index rows (random keys into a large index, a good part of the work) while the batch
+before commits, and waits for that commit only before it takes the table lock.
 
 The mapper writes ``Recorded`` events as plain orjson (the record is JSON already), so
 that recording and verifying do not pay for the generic transcoder.
@@ -32,7 +32,6 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
-    IntegrityError,
     InterfaceError,
     Mapper,
     MapperDeserialisationError,
@@ -46,6 +45,7 @@ from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from audit_core.domain import RECORD_JSON, TenantLog
+from audit_core.overlapping_appends import StoreTurn
 
 
 class IndexedId(NamedTuple):
@@ -130,54 +130,6 @@ class LedgerMapper(Mapper[UUID]):
         domain_event: TenantLog.Recorded = object.__new__(TenantLog.Recorded)
         object.__setattr__(domain_event, "__dict__", state)
         return domain_event
-
-
-class StoreTurn:
-    """A batch's place in the line of batches that one process stores for one tenant.
-
-    The batch before is the one this batch was chained after: this one may be stored
-    only after it, and only if it was stored. Its id index rows may go in before that,
-    but only after the batch before has written its own, so that the two transactions
-    never wait for each other's rows in both directions when an id repeats.
-    """
-
-    def __init__(self, before: StoreTurn | None = None, patience: float | None = None):
-        self._before = before
-        self._patience = patience
-        self._ids_written = threading.Event()
-        self._finished = threading.Event()
-        self._stored = False
-
-    def wait_for_ids_before(self) -> None:
-        before = self._before
-        if before is not None and not before._ids_written.wait(self._patience):
-            raise IntegrityError("the batch chained before this one did not get stored in time")
-
-    def ids_written(self) -> None:
-        self._ids_written.set()
-
-    def wait_for_batch_before(self) -> None:
-        """Return once the batch before is stored; raise if it was not, or not in time.
-
-        No writer waits for id rows while it holds the table lock (each writes its ids
-        before taking it), so waiting here closes no cycle; the time limit is a safety
-        net, after which this batch is chained again rather than wait forever.
-        """
-        before = self._before
-        if before is not None:
-            if not before.stored(self._patience):
-                raise IntegrityError("the batch chained before this one was not stored")
-            self._before = None  # a line of finished turns must not pile up in memory
-
-    def finish(self, stored: bool) -> None:
-        self._stored = stored
-        self._before = None
-        self._ids_written.set()
-        self._finished.set()
-
-    def stored(self, timeout: float | None = None) -> bool:
-        """Wait until this batch is stored or has failed; whether it was stored."""
-        return self._finished.wait(timeout) and self._stored
 
 
 class LedgerRecorder:

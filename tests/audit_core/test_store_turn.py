@@ -9,7 +9,7 @@ import time
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from audit_core.persistence import StoreTurn
+from audit_core.overlapping_appends import StoreTurn
 
 
 def test_a_batch_waits_for_the_one_before_and_follows_its_fate() -> None:
