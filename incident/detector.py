@@ -34,6 +34,8 @@ from incident.rules import Correlation, Record, Rule, get_field, parse_time
 
 MAX_EVIDENCE = 200
 """Most records one detection carries as evidence; the count in its summary is exact."""
+MAX_DEDUP_KEY = 512
+"""Longest dedup key an incident takes; a longer rendering is cut."""
 MAX_WINDOW = 10_000
 """Most records a group's window holds; beyond it the oldest are dropped."""
 SWEEP_EVERY = 8192
@@ -42,7 +44,8 @@ SWEEP_EVERY = 8192
 _INCIDENT_NAMESPACE = uuid.UUID("9a3c1e52-7d0b-5f4e-8a61-2c9d7e0f4b13")
 
 StateKey = tuple[str, str, str]
-"""(rule id, tenant, key)."""
+"""(rule id, tenant, key). Parts of a key are joined by U+001F, which PostgreSQL's text
+accepts (it refuses NUL)."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +293,7 @@ class Detector:
             title=rule.title,
             severity=rule.severity,
             tenant=record["tenant"],
-            dedup_key=rule.dedup.render(rule.id, record),
+            dedup_key=rule.dedup.render(rule.id, record)[:MAX_DEDUP_KEY],
             evidence=tuple(evidence[:MAX_EVIDENCE]),
             summary=summary,
             first_at=first_at or record["occurred_at"],
@@ -470,7 +473,7 @@ class Detector:
             value = None if found is None else _scalar_text(found).strip().casefold()
             holder = None
             if value:
-                holder = self._get((rule.id, tenant, f"value\x00{attribute}\x00{value}"))
+                holder = self._get((rule.id, tenant, f"value\x1f{attribute}\x1f{value}"))
             if selected and holder is not None and holder != owner:
                 if detection is None:
                     detection = self._detection(
@@ -488,18 +491,18 @@ class Detector:
     def _learn(
         self, rule_id: str, tenant: str, attribute: str, owner: str, value: str | None
     ) -> None:
-        owner_key: StateKey = (rule_id, tenant, f"owner\x00{attribute}\x00{owner}")
+        owner_key: StateKey = (rule_id, tenant, f"owner\x1f{attribute}\x1f{owner}")
         previous = self._get(owner_key)
         if previous == value:
             return
         if previous is not None:
-            previous_key: StateKey = (rule_id, tenant, f"value\x00{attribute}\x00{previous}")
+            previous_key: StateKey = (rule_id, tenant, f"value\x1f{attribute}\x1f{previous}")
             if self._get(previous_key) == owner:
                 self._put(previous_key, None)
         if value is None:
             self._put(owner_key, None)
             return
-        self._put((rule_id, tenant, f"value\x00{attribute}\x00{value}"), owner)
+        self._put((rule_id, tenant, f"value\x1f{attribute}\x1f{value}"), owner)
         self._put(owner_key, value)
 
 
@@ -517,7 +520,7 @@ def _present(record: Record, path: str) -> Any:
 
 
 def _group_key(values: Sequence[Any]) -> str:
-    return "\x00".join("" if value is None else _scalar_text(value) for value in values)
+    return "\x1f".join("" if value is None else _scalar_text(value) for value in values)
 
 
 def _scalar_text(value: Any) -> str:

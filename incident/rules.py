@@ -375,6 +375,8 @@ class _Compiler:
         if not RULE_ID.fullmatch(rule_id):
             raise self.error(id_node, f"id {rule_id!r} must match {RULE_ID.pattern}")
         title = src.text(entries["title"][1], "title")
+        if len(title) > 300:
+            raise self.error(entries["title"][1], "title is longer than 300 characters")
         level_node = entries["level"][1]
         level = src.text(level_node, "level")
         if level not in LEVELS:
