@@ -12,12 +12,16 @@ import ipaddress
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_core import Limits
+
+if TYPE_CHECKING:
+    from audit_core.graylog import Destination, MessageOptions
 
 
 class Settings(BaseSettings):
@@ -101,6 +105,13 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="info")
     readyz_timeout_seconds: float = Field(default=2.0, gt=0)
+    write_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How long a write request waits for storage before answering 503; "
+        "the write may still be recorded later, so clients retry with the same event ids.",
+    )
     readyz_max_lag_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -133,6 +144,15 @@ class Settings(BaseSettings):
     incident_tick_seconds: float = Field(
         default=5.0, gt=0, description="How often `vigil worker` looks for due escalations."
     )
+    # -- detection rules (issue 14); docs/detection.md ---------------------------------
+    incident_detector: bool = Field(
+        default=True,
+        description="Run the detection rules over the ledger (follower "
+        "incident-detector), opening incidents.",
+    )
+    incident_rules_dir: str = Field(
+        default="runbooks/rules", description="Detection rules (*.yaml), checked at start."
+    )
     webhook_urls: str = Field(
         default="",
         description="Comma-separated name=url webhooks for notifications; "
@@ -150,6 +170,113 @@ class Settings(BaseSettings):
     smtp_starttls: bool = Field(default=True, description="Upgrade with STARTTLS (required).")
     smtp_from: str = Field(default="vigil@localhost")
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # -- S3 archive (issue 13); docs/archive.md ----------------------------------------
+    archive_bucket: str = Field(default="", description="S3 bucket; empty: no archive.")
+    archive_prefix: str = Field(default="vigil", description="Key prefix in the bucket.")
+    archive_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, Ceph...); unset: AWS."
+    )
+    archive_region: str | None = Field(default=None)
+    archive_access_key_id: str | None = Field(
+        default=None, description="Unset: boto3's credential chain (env, profile, role)."
+    )
+    archive_secret_access_key: SecretStr | None = Field(default=None)
+    archive_profile: str | None = Field(default=None, description="AWS shared-config profile.")
+    archive_lock_mode: Literal["COMPLIANCE", "GOVERNANCE", "OFF"] = Field(default="COMPLIANCE")
+    archive_retention_days: int = Field(default=365, ge=1, le=36_500)
+    archive_legal_hold: bool = Field(default=False)
+    archive_encryption: Literal["AES256", "aws:kms"] = Field(default="AES256")
+    archive_kms_key_id: str | None = Field(default=None)
+    archive_segment_records: int = Field(default=10_000, ge=1, le=1_000_000)
+    archive_segment_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    archive_checkpoints: Literal["transparency", "archive"] = Field(
+        default="transparency",
+        description="Digests name the transparency log's checkpoints (waiting for one "
+        "that covers the segment), or checkpoints the archiver signs itself.",
+    )
+    archive_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # -- transparency log (issue 11); docs/transparency.md -------------------------------
+    log_origin: str = Field(
+        default="vigil.localhost/log",
+        pattern=r"^[^\s+]+$",
+        description="Checkpoint origin prefix (a schema-less URL, no spaces or '+'); each "
+        "tenant's log is <origin>/<tenant>, and its checkpoints are signed under that name.",
+    )
+    signing_key_file: str = Field(
+        default="",
+        description="Ed25519 signing key written by `vigil keys signing-generate`; empty: "
+        "no transparency log (no checkpoints, proofs or evidence bundles).",
+    )
+    verifier_keys: str = Field(
+        default="",
+        description="Earlier verifier keys (vkey format, comma-separated) still published "
+        "and trusted after a key rotation, so older checkpoints keep verifying.",
+    )
+    checkpoint_every_records: int = Field(default=10_000, ge=1, le=10_000_000)
+    checkpoint_every_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        le=86_400,
+        description="A grown tree gets a checkpoint this long after its first new record, "
+        "or after checkpoint_every_records records, whichever comes first.",
+    )
+
+    # -- Graylog (issue 12); docs/graylog.md ---------------------------------------------
+    graylog_destinations: SecretStr = Field(
+        default=SecretStr(""),
+        description="Where every audit event is shipped as GELF: one URL (tcp://, tls://, "
+        "http(s)://, udp://), name=URL pairs, or a JSON object of name -> options; each "
+        "destination is the follower graylog:<name>. Secret: may hold credentials.",
+    )
+    graylog_host: str = Field(
+        default="", description="GELF `host` of the messages; empty: this machine's name."
+    )
+    graylog_hmac_key: SecretStr | None = Field(
+        default=None,
+        description="Secret key of the HMAC-SHA256 that replaces sensitive metadata values.",
+    )
+    graylog_hmac_fields: str = Field(
+        default="",
+        description="Comma-separated metadata keys (any depth) or dotted paths whose values "
+        "are shipped as their HMAC-SHA256, never in clear.",
+    )
+    graylog_max_meta_fields: int = Field(default=100, ge=0, le=1000)
+
+    @field_validator("graylog_destinations")
+    @classmethod
+    def _graylog_destinations(cls, value: SecretStr) -> SecretStr:
+        from audit_core.graylog import parse_destinations
+
+        parse_destinations(value.get_secret_value())  # a ValueError names what to fix
+        return value
+
+    @field_validator("graylog_hmac_fields")
+    @classmethod
+    def _graylog_hmac_fields(cls, value: str, info: ValidationInfo) -> str:
+        fields = [field.strip() for field in value.split(",") if field.strip()]
+        key = info.data.get("graylog_hmac_key")
+        if fields and (key is None or len(key.get_secret_value()) < 16):
+            raise ValueError(
+                "VIGIL_GRAYLOG_HMAC_FIELDS needs VIGIL_GRAYLOG_HMAC_KEY, a secret of at "
+                "least 16 characters (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`)"
+            )
+        return ",".join(fields)
+
+    def graylog(self) -> tuple[list[Destination], MessageOptions]:
+        """The Graylog destinations and how their messages are built."""
+        import socket
+
+        from audit_core.graylog import MessageOptions, parse_destinations
+
+        key = self.graylog_hmac_key
+        options = MessageOptions(
+            host=self.graylog_host or socket.gethostname(),
+            hmac_key=key.get_secret_value().encode() if key is not None else None,
+            hmac_fields=tuple(field for field in self.graylog_hmac_fields.split(",") if field),
+            max_meta_fields=self.graylog_max_meta_fields,
+        )
+        return parse_destinations(self.graylog_destinations.get_secret_value()), options
 
     @field_validator("database_url")
     @classmethod

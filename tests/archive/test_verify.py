@@ -4,7 +4,6 @@ reported as what it is, at the seqs and key where it is."""
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -46,9 +45,7 @@ class Archived:
 
 
 @pytest.fixture
-def archived(
-    sqlite_store: SQLiteStore, open_bucket: ArchiveBucket, keys: LogKeys
-) -> Iterator[Archived]:
+def archived(sqlite_store: SQLiteStore, open_bucket: ArchiveBucket, keys: LogKeys) -> Archived:
     """35 records of acme in segments 0-9, 10-19, 20-29, 30-34, in a bucket without lock."""
     ledger = sqlite_store.open_ledger()
     record(ledger, "acme", 35)
@@ -57,7 +54,7 @@ def archived(
         archive_everything(archiving)
     finally:
         archiving.close()
-    yield Archived(ledger, open_bucket, keys)
+    return Archived(ledger, open_bucket, keys)
 
 
 def test_an_intact_archive_verifies_with_every_record_counted(archived: Archived) -> None:
