@@ -8,6 +8,7 @@ no signature vouches for.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from audit_core.transparency.exceptions import SizeError, TileNotFoundError
@@ -83,6 +84,21 @@ class TreeReader:
             )
         hashes = inclusion_proof(seq, tree_size, self._hashes(tenant).read)
         return InclusionProof(seq, tree_size, self.leaf_hash(tenant, seq), hashes, latest)
+
+    def inclusions(
+        self, tenant: str, seqs: Iterable[int], size: int | None = None
+    ) -> Iterator[InclusionProof]:
+        """``inclusion`` of many records in one tree, reading each tile and hashing each
+        node once."""
+        tree_size, latest = self._size(tenant, size)
+        hashes = self._hashes(tenant)
+        for seq in seqs:
+            if not 0 <= seq < tree_size:
+                raise SizeError(
+                    f"seq {seq} is not in the tree of tenant {tenant!r} of size {tree_size}"
+                )
+            proof = inclusion_proof(seq, tree_size, hashes.read)
+            yield InclusionProof(seq, tree_size, hashes.read(0, seq), proof, latest)
 
     def consistency(
         self, tenant: str, old_size: int, new_size: int | None = None

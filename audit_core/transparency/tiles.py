@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from audit_core.transparency.exceptions import TileNotFoundError
-from audit_core.transparency.merkle import HASH_SIZE, perfect_root, tree_hash
+from audit_core.transparency.merkle import HASH_SIZE, node_hash, perfect_root, tree_hash
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
@@ -73,7 +73,7 @@ class Tile:
             raise TileNotFoundError(f"{path!r} is not a tile path (tile/<L>/<N>[.p/<W>])")
         level, index = int(match[1]), int(match[2].replace("x", "").replace("/", ""))
         width = int(match[3]) if match[3] else TILE_WIDTH
-        if level > MAX_LEVEL or width >= TILE_WIDTH:
+        if level > MAX_LEVEL or (match[3] and width >= TILE_WIDTH):
             raise TileNotFoundError(f"{path!r}: the level is at most 63, a partial width 1-255")
         if index_path(index) != match[2]:
             raise TileNotFoundError(f"{path!r}: the tile index is not spelled canonically")
@@ -124,6 +124,8 @@ class TileHashes:
     def __init__(self, read_tiles: TileReader):
         self._read_tiles = read_tiles
         self._tiles: dict[TileKey, bytes] = {}
+        self._nodes: dict[tuple[int, int], bytes] = {}
+        """Subtree hashes computed inside tiles, kept: neighbouring proofs share them."""
 
     def prefetch(self, keys: Iterable[TileKey]) -> None:
         wanted = [key for key in keys if key not in self._tiles]
@@ -131,6 +133,14 @@ class TileHashes:
             self._tiles.update(self._read_tiles(wanted))
 
     def read(self, height: int, index: int) -> bytes:
+        if height % TILE_HEIGHT:
+            node = self._nodes.get((height, index))
+            if node is None:
+                node = node_hash(
+                    self.read(height - 1, 2 * index), self.read(height - 1, 2 * index + 1)
+                )
+                self._nodes[(height, index)] = node
+            return node
         key = tile_keys_for(height, index)
         if key not in self._tiles:
             self.prefetch([key])

@@ -13,6 +13,7 @@ from audit_core.transparency import Signer
 from audit_core.transparency.follower import TransparencyLog
 from audit_core.transparency.proofs import TreeReader
 from audit_core.transparency.store import TreeStore, tree_store_class
+from tests.api.conftest import api, open_api  # noqa: F401  (the API fixtures, here too)
 from tests.events import audit_events
 from tests.stores import Store
 
