@@ -32,14 +32,16 @@ from eventsourcing.persistence import IntegrityError, ProcessRecorder, Recording
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteProcessRecorder
 from eventsourcing.utils import Environment, EnvType, get_topic
 
-from audit_core import Ledger
+from audit_core import Ledger, LedgerError
 from audit_core.schema import format_timestamp, is_tenant_name
 from incident.domain import (
+    SECRETS_ID,
     SYSTEM,
     Actor,
     DedupSlot,
     Evidence,
     Incident,
+    SealedSecrets,
     Status,
     check_severity,
     ref_of,
@@ -57,7 +59,10 @@ from incident.exceptions import (
     IllegalTransitionError,
     IncidentNotFoundError,
     InvalidIncidentError,
+    StepNotFoundError,
+    StepRefusedError,
 )
+from incident.runbooks import RunbookCatalogue, StepRunner, Vault
 
 AUDIT_ACTION_PREFIX = "incident."
 """Every audit record the incident module writes has an action under this prefix,
@@ -208,6 +213,8 @@ class Incidents(Application[UUID]):
         default_policy: str | None = None,
         runbooks: RunbookSource | None = None,
         notifier: Notifier | None = None,
+        step_runner: StepRunner | None = None,
+        secrets_key: bytes | None = None,
     ):
         super().__init__(env)
         self.ledger = ledger
@@ -216,6 +223,12 @@ class Incidents(Application[UUID]):
         self.default_policy = default_policy
         self.runbooks = runbooks
         self.notifier = notifier
+        self.step_runner = step_runner
+        self.vault = (
+            None
+            if secrets_key is None
+            else Vault(secrets_key, self._sealed_secrets, self._save_secret)
+        )
         self._index_lock = threading.Lock()
         self._position = 0
         self._tenants: dict[UUID, str] = {}
@@ -510,7 +523,6 @@ class Incidents(Application[UUID]):
     ) -> dict[str, Any]:
         """Mark a runbook step done (manual steps), or record an automated step's
         outcome (``succeeded``/``failed``, by the runbook executor)."""
-        from incident.exceptions import StepNotFoundError
 
         def complete(incident: Incident, at: datetime) -> None:
             if incident.runbook_step(step_id) is None:
@@ -518,6 +530,74 @@ class Incidents(Application[UUID]):
             incident.complete_step(step_id, outcome, note, at, actor, result)
 
         return self._act(tenant, incident_id, complete)
+
+    def run_step(
+        self, tenant: str, incident_id: UUID, step_id: str, actor: Actor
+    ) -> dict[str, Any]:
+        """Run an automated runbook step now, from the backend, and record its outcome
+        (succeeded, or failed with the reason). Returns the incident and the outcome."""
+        incident = self._load(tenant, incident_id)
+        incident.check_can_run_steps()
+        if incident.runbook_step(step_id) is None or not isinstance(
+            self.runbooks, RunbookCatalogue
+        ):
+            raise StepNotFoundError(incident.ref, step_id)
+        runbook = self.runbooks.get(incident.runbook["name"] if incident.runbook else "")
+        step = runbook.step(step_id)
+        if step is None:
+            raise StepNotFoundError(incident.ref, step_id)
+        if step.kind != "http":
+            raise InvalidIncidentError(
+                "step", f"{step_id} is a manual step: mark it done (complete) with a note"
+            )
+        if self.step_runner is None:
+            raise StepRefusedError(step_id, "automated steps are not configured here")
+        context = self.step_context(incident)
+        secrets = self.vault.values() if self.vault is not None else {}
+        outcome = self.step_runner.run(runbook, step, context, secrets)
+        details = self.complete_step(
+            tenant,
+            incident_id,
+            step_id,
+            actor,
+            outcome.reason,
+            outcome="succeeded" if outcome.ok else "failed",
+            result={**outcome.result, "runbook_digest": runbook.digest},
+        )
+        return {**details, "step_outcome": {"ok": outcome.ok, "reason": outcome.reason}}
+
+    def step_context(self, incident: Incident) -> dict[str, Any]:
+        """What a step's templates see: the incident and its first evidence records."""
+        evidence = incident.evidence[:20]
+        records: list[dict[str, Any]] = []
+        with contextlib.suppress(LedgerError):
+            records = self.ledger.records_at(incident.tenant, [e["seq"] for e in evidence])
+        summary = incident.summary()
+        return {"incident": summary, "records": records, "record": records[0] if records else {}}
+
+    def _sealed_secrets(self) -> dict[str, str]:
+        try:
+            sealed: SealedSecrets = self.repository.get(SECRETS_ID)
+        except AggregateNotFoundError:
+            return {}
+        return dict(sealed.sealed)
+
+    def _save_secret(self, name: str, value: str | None) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                box: SealedSecrets = self.repository.get(SECRETS_ID)
+            except AggregateNotFoundError:
+                box = SealedSecrets()
+            if value is None:
+                box.remove(name)
+            else:
+                box.seal(name, value)
+            try:
+                self.save(box)
+                return
+            except IntegrityError:
+                if attempt == self.max_attempts:
+                    raise
 
     def write_postmortem(
         self, tenant: str, incident_id: UUID, fields: Mapping[str, Any], actor: Actor
@@ -528,10 +608,13 @@ class Incidents(Application[UUID]):
         )
 
     def record_publication(
-        self, tenant: str, incident_id: UUID, sha256: str, formats: list[str], actor: Actor
+        self, tenant: str, incident_id: UUID, sha256: Mapping[str, str], actor: Actor
     ) -> dict[str, Any]:
+        """Record the SHA-256 of each rendering of a published post-mortem; the audit
+        record of it puts them in the tenant's hash chain."""
+        digests = dict(sha256)
         return self._act(
-            tenant, incident_id, lambda i, at: i.publish_postmortem(sha256, formats, at, actor)
+            tenant, incident_id, lambda i, at: i.publish_postmortem(digests, at, actor)
         )
 
     # -- escalation -------------------------------------------------------------------

@@ -593,20 +593,20 @@ class Incident(Aggregate):
         self.postmortem.update(fields)
         self._log(at, "postmortem", actor, f"post-mortem updated: {', '.join(sorted(fields))}")
 
-    def publish_postmortem(
-        self, sha256: str, formats: list[str], at: datetime, actor: Actor
-    ) -> None:
+    def publish_postmortem(self, sha256: dict[str, str], at: datetime, actor: Actor) -> None:
+        """Record the SHA-256 of each published rendering (format → hex digest)."""
         self._require(
             "publish the post-mortem of", {Status.RESOLVED, Status.CLOSED}, "resolve it first"
         )
-        self._postmortem_published(sha256, formats, at, actor.as_dict())
+        self._postmortem_published(dict(sha256), at, actor.as_dict())
 
     @event("PostmortemPublished")
     def _postmortem_published(
-        self, sha256: str, formats: list[str], at: datetime, actor: dict[str, str]
+        self, sha256: dict[str, str], at: datetime, actor: dict[str, str]
     ) -> None:
-        self.published.append({"sha256": sha256, "formats": formats, "at": at.isoformat()})
-        self._log(at, "published", actor, f"post-mortem published (sha256 {sha256[:16]}…)")
+        self.published.append({"sha256": sha256, "at": at.isoformat()})
+        shown = ", ".join(f"{fmt} {digest[:16]}…" for fmt, digest in sorted(sha256.items()))
+        self._log(at, "published", actor, f"post-mortem published (sha256 {shown})")
 
     # -- reading ----------------------------------------------------------------------
 
@@ -738,3 +738,28 @@ class DedupSlot(Aggregate):
 
 def slot_id(tenant: str, dedup_key: str) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, f"{tenant}\x00{dedup_key}")
+
+
+class SealedSecrets(Aggregate):
+    """Runbook secrets as AES-256-GCM ciphertexts (sealed by
+    :class:`incident.runbooks.Vault`; the key never reaches the store). One per
+    installation: secrets are the operator's, not a tenant's."""
+
+    @staticmethod
+    def create_id() -> uuid.UUID:
+        return SECRETS_ID
+
+    @event("Created")
+    def __init__(self) -> None:
+        self.sealed: dict[str, str] = {}
+
+    @event("Sealed")
+    def seal(self, name: str, sealed: str) -> None:
+        self.sealed[name] = sealed
+
+    @event("Removed")
+    def remove(self, name: str) -> None:
+        self.sealed.pop(name, None)
+
+
+SECRETS_ID = uuid.uuid5(_NAMESPACE, "runbook secrets")

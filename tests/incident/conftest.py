@@ -55,3 +55,7 @@ def record_attack(ledger: Ledger, tenant: str = "acme", count: int = 3) -> list[
         ],
     )
     return [Evidence.of_record(r) for r in records]
+
+
+# The API fixtures (an app on the test's store, keys): shared with tests/api.
+from tests.api.conftest import Api, OpenApi, api, open_api  # noqa: E402, F401

@@ -1,0 +1,110 @@
+"""Post-mortems rendered from an incident's events with Jinja2, as Markdown and HTML.
+
+Templates run in a sandboxed environment with ``StrictUndefined`` (a typo in a template
+is an error, not a silently empty section). A user's directory of templates, when
+configured, is searched before the shipped ones, so any of ``postmortem.md.j2`` and
+``postmortem.html.j2`` can be overridden. Publishing records the SHA-256 of each
+rendering in the incident, and so, as an audit record, in the tenant's hash chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from jinja2 import (
+    ChoiceLoader,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+    select_autoescape,
+)
+from jinja2.sandbox import SandboxedEnvironment
+
+from incident.domain import Actor, Incident
+from incident.exceptions import ConfigurationError
+
+SHIPPED = Path(__file__).parent / "templates"
+FORMATS = {"md": "postmortem.md.j2", "html": "postmortem.html.j2"}
+
+
+def duration(seconds: float | None) -> str:
+    """``1h 02m 05s`` style, or ``-`` when it has not happened."""
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def environment(templates_dir: str | Path | None = None) -> SandboxedEnvironment:
+    loaders = [FileSystemLoader(str(templates_dir))] if templates_dir else []
+    loaders.append(FileSystemLoader(str(SHIPPED)))
+    env = SandboxedEnvironment(
+        loader=ChoiceLoader(loaders),
+        undefined=StrictUndefined,
+        autoescape=select_autoescape(enabled_extensions=("html.j2", "html"), default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["duration"] = duration
+    env.filters["md_cell"] = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
+    return env
+
+
+def context(incident: Incident) -> dict[str, Any]:
+    """What templates see: the incident's details, its durations and evidence."""
+    details = incident.details()
+    return {
+        "incident": details,
+        "durations": details["durations"],
+        "timeline": details["timeline"],
+        "evidence": details["evidence"],
+        "steps": details["runbook_steps"],
+        "postmortem": details["postmortem"],
+        "escalations": [e for e in details["timeline"] if e["kind"] == "escalation"],
+    }
+
+
+def render(incident: Incident, format: str = "md", templates_dir: str | Path | None = None) -> str:
+    """The post-mortem as Markdown (``md``) or HTML (``html``)."""
+    if format not in FORMATS:
+        raise ConfigurationError("format", f"{format!r} is not md or html")
+    env = environment(templates_dir)
+    try:
+        return env.get_template(FORMATS[format]).render(context(incident))
+    except TemplateNotFound as missing:
+        raise ConfigurationError(str(missing), "post-mortem template not found") from None
+    except TemplateError as error:
+        where = getattr(error, "filename", None) or FORMATS[format]
+        line = getattr(error, "lineno", None)
+        place = f"{where}:{line}" if line else where
+        raise ConfigurationError(place, f"template error: {error.message}") from None
+
+
+def publish(
+    incidents: Any,
+    tenant: str,
+    incident_id: UUID,
+    actor: Actor,
+    templates_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Render both formats, record their SHA-256 in the incident (and the ledger), and
+    return the texts with their digests."""
+    incident = incidents.incident(tenant, incident_id)
+    texts = {fmt: render(incident, fmt, templates_dir) for fmt in FORMATS}
+    digests = {fmt: hashlib.sha256(text.encode()).hexdigest() for fmt, text in texts.items()}
+    incidents.record_publication(tenant, incident_id, digests, actor)
+    return {"incident": str(incident_id), "sha256": digests, "texts": texts}
