@@ -30,8 +30,38 @@ def _read_model(settings: Settings, ledger: Ledger, store: FollowerStore) -> lis
     return [open_read_model(store, settings.ledger_env())]
 
 
+def _transparency(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
+    from api.transparency import build_followers as build_transparency
+
+    return build_transparency(settings, ledger, store)
+
+
+def _graylog(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
+    from audit_core.graylog import GraylogShipper, MessageBuilder
+
+    destinations, options = settings.graylog()
+    builder = MessageBuilder(options)
+    return [GraylogShipper(target, builder, store.positions) for target in destinations]
+
+
+def _archive(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
+    from api.archive import build_archivers
+
+    return build_archivers(settings, ledger, store)
+
+
+def _detector(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
+    from api.detection import build_detector
+
+    return build_detector(settings, ledger, store)
+
+
 REGISTRY: list[FollowerSpec] = [
+    FollowerSpec("archive", _archive),
+    FollowerSpec("graylog", _graylog),
+    FollowerSpec("incident-detector", _detector),
     FollowerSpec("readmodel", _read_model),
+    FollowerSpec("transparency", _transparency),
 ]
 
 

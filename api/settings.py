@@ -146,9 +146,9 @@ class Settings(BaseSettings):
     )
     # -- detection rules (issue 14); docs/detection.md ---------------------------------
     incident_detector: bool = Field(
-        default=True,
+        default=False,
         description="Run the detection rules over the ledger (follower "
-        "incident-detector), opening incidents.",
+        "incident-detector), opening incidents; its runbooks must exist.",
     )
     incident_rules_dir: str = Field(
         default="runbooks/rules", description="Detection rules (*.yaml), checked at start."

@@ -156,6 +156,7 @@ class Rule:
     dedup: Template
     description: str = ""
     runbook: str | None = None
+    runbook_line: int | None = None
     correlation: Correlation | None = None
     tags: tuple[str, ...] = ()
     actions: frozenset[str] | None = None
@@ -396,9 +397,10 @@ class _Compiler:
         tags: tuple[str, ...] = ()
         if "tags" in entries:
             tags = tuple(str(value) for _, value in src.scalars(entries["tags"][1], "tags"))
-        runbook = None
+        runbook, runbook_line = None, None
         if "runbook" in entries:
             runbook = src.text(entries["runbook"][1], "runbook")
+            runbook_line = entries["runbook"][1].start_mark.line + 1
         selections, condition_node, condition_text = self.detection(entries["detection"][1])
         condition, actions = _ConditionParser(
             self, condition_node, condition_text, selections
@@ -424,6 +426,7 @@ class _Compiler:
             dedup=dedup,
             description=description,
             runbook=runbook,
+            runbook_line=runbook_line,
             correlation=correlation,
             tags=tags,
             actions=actions,
