@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import docs, errors, strict
 from api.dependencies import BEARER_SCHEME, KEYED_PREFIX
 from api.routers import events, health, keys, verify
 from api.runtime import tuned_for_service
@@ -105,19 +105,18 @@ class BodyLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "detail": f"body: request body is larger than {self.max_bytes} bytes "
-                "(VIGIL_MAX_BODY_BYTES); nothing was recorded",
-                "problems": [{"index": 0, "field": "body", "message": "too large"}],
-            }
+        body = errors.problem_body(
+            413,
+            f"body: request body is larger than {self.max_bytes} bytes "
+            "(VIGIL_MAX_BODY_BYTES); nothing was recorded",
+            [{"index": 0, "field": "body", "message": "too large"}],
         )
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
                 "headers": [
-                    (b"content-type", b"application/json"),
+                    (b"content-type", errors.PROBLEM_MEDIA_TYPE.encode()),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
                 ],
@@ -271,4 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # Last, so that every route included above is held to the same rules and documented.
+    docs.install(app)
+    strict.install(app)
     return app

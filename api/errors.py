@@ -1,18 +1,25 @@
 """Domain errors mapped to HTTP: the only place that knows both sides.
 
-Bodies are ``{"detail": str, "problems": [{"index", "field", "message"}]}``; ``problems``
-names every event and field at fault, so a client can fix a whole batch at once.
+Every error is an RFC 9457 problem (``application/problem+json``):
+``{"type", "title", "status", "detail", "problems": [{"index", "field", "message"}]}``;
+``problems`` names every event and field at fault, so a client can fix a whole batch at
+once. FastAPI's and Starlette's own errors (404, 405, 422 of parameters, 500) take the
+same shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 import structlog
 from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.dependencies import AccessDenied, audit_request
 from api.keys import ApiKeyNotFoundError, InvalidKeySpecError
@@ -28,14 +35,41 @@ from audit_core.readmodel import InvalidQueryError
 log = structlog.get_logger("vigil.api")
 
 
-def problem(
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def problem_body(
     status: int, detail: str, problems: list[dict[str, Any]] | None = None, **extra: Any
-) -> Response:
-    body: dict[str, Any] = {"detail": detail, **extra}
+) -> bytes:
+    """An RFC 9457 problem; ``type`` is about:blank, so ``title`` is the status's phrase."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     if problems is not None:
         body["problems"] = problems
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+    return orjson.dumps(body)
+
+
+def problem(
+    status: int,
+    detail: str,
+    problems: list[dict[str, Any]] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    if status == 503:
+        headers = {"Retry-After": "1", **(headers or {})}
+    return Response(
+        problem_body(status, detail, problems, **extra),
+        status,
+        headers,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
 
 
 def _field(name: str) -> str:
@@ -111,6 +145,38 @@ async def _access_denied(request: Request, error: Exception) -> Response:
     return problem(403, error.detail)
 
 
+async def _http_error(request: Request, error: Exception) -> Response:
+    """FastAPI's and Starlette's HTTP errors (401, 404 of a route, 405, 415...)."""
+    assert isinstance(error, StarletteHTTPException)
+    detail = error.detail if isinstance(error.detail, str) else orjson.dumps(error.detail).decode()
+    return problem(error.status_code, detail, headers=error.headers)
+
+
+def _where(location: tuple[Any, ...]) -> str:
+    # ("body", "roles", 0) names roles.0; ("query", "limit") names limit.
+    parts = location[1:] if len(location) > 1 else location
+    return ".".join(str(part) for part in parts)
+
+
+async def _invalid_request(request: Request, error: Exception) -> Response:
+    """422 for parameters and bodies FastAPI validates, naming each one at fault."""
+    assert isinstance(error, RequestValidationError)
+    problems = [
+        {"index": 0, "field": _where(tuple(issue["loc"])), "message": issue["msg"]}
+        for issue in error.errors()
+    ]
+    named = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return problem(422, f"request refused: {named}", problems)
+
+
+async def _internal(request: Request, error: Exception) -> Response:
+    """A 500 in the same shape, naming the request id to quote, never the exception."""
+    request_id = getattr(request.state, "request_id", None)
+    return problem(
+        500, f"internal error; nothing is known to be recorded (request id {request_id})"
+    )
+
+
 def _count(request: Request, reason: str) -> None:
     if request.method == "POST" and request.url.path == "/v1/events":
         request.app.state.services.metrics.ingest_errors.labels(reason).inc()
@@ -127,3 +193,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(InvalidQueryError, _bad_query)
     app.add_exception_handler(InvalidKeySpecError, _bad_key_spec)
     app.add_exception_handler(AccessDenied, _access_denied)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _internal)

@@ -29,7 +29,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import Environment
 
-from audit_core.schema import TENANT_PATTERN, is_tenant_name
+from audit_core.schema import TENANT_PATTERN, is_tenant_name, unstorable_text
 
 
 class ApiKeyError(Exception):
@@ -151,12 +151,26 @@ class ApiKey:
         }
 
 
+MAX_DESCRIPTION_CHARS = 256
+
+
 def check_spec(
-    tenant: str, roles: Iterable[str], expires_at: datetime | None, networks: Iterable[str]
+    tenant: str,
+    roles: Iterable[str],
+    expires_at: datetime | None,
+    networks: Iterable[str],
+    description: str = "",
 ) -> tuple[tuple[Role, ...], tuple[str, ...]]:
     """Validated roles and normalised networks of a key about to be created."""
     if not is_tenant_name(tenant):
         raise InvalidKeySpecError("tenant", f"{tenant!r} must match {TENANT_PATTERN}")
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        raise InvalidKeySpecError(
+            "description", f"is longer than {MAX_DESCRIPTION_CHARS} characters"
+        )
+    unstorable = unstorable_text(description)
+    if unstorable is not None:
+        raise InvalidKeySpecError("description", unstorable[1])
     parsed: list[Role] = []
     for role in roles:
         try:
@@ -233,7 +247,7 @@ class KeyStore:
         description: str = "",
     ) -> tuple[ApiKey, str]:
         """A new key and its token; the token is not stored and cannot be shown again."""
-        parsed_roles, cidrs = check_spec(tenant, roles, expires_at, networks)
+        parsed_roles, cidrs = check_spec(tenant, roles, expires_at, networks, description)
         key_id = secrets.token_hex(6)
         token = f"vgl_{key_id}_{secrets.token_urlsafe(32)}"
         key = ApiKey(key_id, tenant, parsed_roles, _now(), expires_at, cidrs, None, description)

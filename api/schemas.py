@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.keys import Role
-from audit_core.schema import ActorIn, Outcome, Source, TargetIn
+from api.keys import MAX_DESCRIPTION_CHARS, Role
+from audit_core.schema import STORABLE_TEXT_PATTERN, ActorIn, Outcome, Source, TargetIn
 
 
 class AuditRecord(BaseModel):
@@ -50,9 +50,22 @@ class Problem(BaseModel):
     message: str
 
 
-class ErrorBody(BaseModel):
-    detail: Any
-    problems: list[Problem] | None = None
+class ProblemDetails(BaseModel):
+    """An error, as RFC 9457 problem details (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(default="about:blank", description="about:blank: see title.")
+    title: str = Field(description="The HTTP status's phrase.")
+    status: int
+    detail: str = Field(description="What is wrong and how to fix it.")
+    problems: list[Problem] | None = Field(
+        default=None, description="Every event (by index) and field at fault."
+    )
+
+
+ErrorBody = ProblemDetails
+"""The name the routers' ``responses`` use."""
 
 
 class KeyCreate(BaseModel):
@@ -62,7 +75,12 @@ class KeyCreate(BaseModel):
     roles: list[Role] = Field(min_length=1)
     expires_at: datetime | None = None
     networks: list[str] = Field(default_factory=list, description="CIDR allowlist.")
-    description: str = Field(default="", max_length=256)
+    description: str = Field(
+        default="",
+        max_length=MAX_DESCRIPTION_CHARS,
+        pattern=STORABLE_TEXT_PATTERN,
+        description="What the key is for; no U+0000.",
+    )
 
 
 class KeyOut(BaseModel):

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple, NotRequired
 
+import jiter
 import msgspec
 import orjson
-import pydantic_core
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
@@ -30,12 +30,18 @@ ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 ACTOR_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 _TENANT = re.compile(TENANT_PATTERN)
+STORABLE_TEXT_PATTERN = r"^[^\x00]*$"
+"""What every string of an event matches (stated in the OpenAPI document): PostgreSQL's
+text and JSON types cannot hold U+0000, so a NUL is refused on the way in rather than
+recorded and then stopping every consumer that stores it."""
 MAX_SAFE_INTEGER = 2**53 - 1
 """Integers beyond this lose precision in JavaScript and are outside RFC 8785's domain."""
 
 Outcome = Literal["success", "failure", "denied"]
 Source = Literal["console", "app", "api", "system"]
-ShortText = Annotated[str, Field(min_length=1, max_length=256)]
+_STORABLE = Field(json_schema_extra={"pattern": STORABLE_TEXT_PATTERN})
+"""States the rule in the schema; ``_checked`` enforces it, naming the field."""
+ShortText = Annotated[str, Field(min_length=1, max_length=256), _STORABLE]
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class ActorIn(TypedDict):
             Field(description="IPv4 or IPv6 address of the client."),
         ]
     ]
-    user_agent: NotRequired[Annotated[str, Field(max_length=1024)] | None]
+    user_agent: NotRequired[Annotated[str, Field(max_length=1024), _STORABLE] | None]
     session_id: NotRequired[ShortText | None]
 
 
@@ -97,9 +103,9 @@ class TargetIn(TypedDict):
     """What was acted on."""
 
     __pydantic_config__ = _FORBID_EXTRA  # type: ignore[misc]
-    type: Annotated[str, Field(min_length=1, max_length=64)]
+    type: Annotated[str, Field(min_length=1, max_length=64), _STORABLE]
     id: ShortText
-    name: NotRequired[Annotated[str, Field(max_length=512)] | None]
+    name: NotRequired[Annotated[str, Field(max_length=512), _STORABLE] | None]
 
 
 class AuditEventIn(TypedDict):
@@ -162,9 +168,14 @@ def parse_json(data: bytes | str) -> Any:
     infinities parsed, so that the bounds checks refuse them by name. (orjson rounds
     an integer beyond 64 bits to a float, which would then be accepted.)
 
-    Raises ``ValueError`` saying where the text is not JSON.
+    Raises ``ValueError`` saying where the text is not I-JSON (RFC 7493): malformed,
+    nested beyond the parser's limit, a lone surrogate, or an object holding a key
+    twice, where parsers disagree on which value counts (and the hash would cover
+    only the one this parser kept).
     """
-    return pydantic_core.from_json(data)
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    return jiter.from_json(data, catch_duplicate_keys=True)
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -232,6 +243,40 @@ def _has_lone_surrogate(text: str) -> bool:
     return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
 
+def _storage_problem(text: str) -> str | None:
+    """Why PostgreSQL could not store ``text``, or None."""
+    if "\x00" in text:
+        return "holds U+0000 (NUL), which cannot be stored; remove it or escape it"
+    if not text.isascii() and _has_lone_surrogate(text):
+        return "holds a lone UTF-16 surrogate, which is not valid Unicode"
+    return None
+
+
+def _printable(key: str) -> str:
+    return key.encode("unicode_escape").decode("ascii") if not key.isprintable() else key
+
+
+def unstorable_text(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The dotted path of the first string or object key in ``value`` that PostgreSQL
+    cannot store, and why; None if there is none."""
+    if type(value) is str:
+        problem = _storage_problem(value)
+        return None if problem is None else (path, problem)
+    if type(value) is dict:
+        for key, item in value.items():
+            where = f"{path}.{_printable(str(key))}" if path else _printable(str(key))
+            problem = _storage_problem(key) if type(key) is str else None
+            found = (where, f"key {problem}") if problem else unstorable_text(item, where)
+            if found is not None:
+                return found
+    elif type(value) is list:
+        for number, item in enumerate(value):
+            found = unstorable_text(item, f"{path}.{number}" if path else str(number))
+            if found is not None:
+                return found
+    return None
+
+
 def _is_stored_spelling(stamp: str) -> bool:
     """Already UTC with microseconds and ``Z``, as most clients send it."""
     return len(stamp) == 27 and stamp[26] == "Z" and stamp[10] == "T" and stamp[19] == "."
@@ -288,9 +333,12 @@ def _checked(
     tenant: str,
     now: datetime,
     limits: Limits,
+    *,
+    may_hold_nul: bool = True,
 ) -> bool:
     """The checks beyond the schema, of an event's content (whose ``occurred_at`` it
-    normalises); returns whether the content holds a float."""
+    normalises); returns whether the content holds a float. ``may_hold_nul=False``
+    skips the search for NUL, for content decoded from JSON without a backslash."""
     if claimed_tenant is not None and claimed_tenant != tenant:
         raise InvalidEventError(
             [FieldProblem(index, "tenant", f"{claimed_tenant!r} differs from {tenant!r}")]
@@ -321,9 +369,22 @@ def _checked(
         except _NotBoundedJsonError as problem:
             raise InvalidEventError([FieldProblem(index, field, str(problem))]) from None
     try:
-        size = len(orjson.dumps(content))
+        encoded = orjson.dumps(content)
     except orjson.JSONEncodeError as error:
-        raise InvalidEventError([FieldProblem(index, "", f"not JSON: {error}")]) from None
+        # A lone surrogate in a str made in Python (a JSON body cannot carry one).
+        found = unstorable_text(content)
+        raise InvalidEventError(
+            [
+                FieldProblem(index, *found)
+                if found
+                else FieldProblem(index, "", f"not JSON: {error}")
+            ]
+        ) from None
+    # orjson spells NUL only as \u0000; a match may also be an escaped backslash
+    # followed by "u0000", which the walk then finds to be harmless.
+    if may_hold_nul and b"\\u0000" in encoded and (found := unstorable_text(content)) is not None:
+        raise InvalidEventError([FieldProblem(index, *found)])
+    size = len(encoded)
     if size > limits.max_event_bytes:
         raise InvalidEventError(
             [FieldProblem(index, "", f"event is larger than {limits.max_event_bytes} bytes")]
@@ -404,20 +465,24 @@ def normalise_batch(
 # to that.
 
 _Short = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# Optional fields default to UNSET, which msgspec leaves out when it encodes, so that
+# _holds_no_duplicate_keys can compare the body with what was decoded from it.
+_Unset = msgspec.UnsetType
+_UNSET = msgspec.UNSET
 
 
 class _Actor(msgspec.Struct, forbid_unknown_fields=True):
     id: _Short
-    type: str = "user"
-    ip: str | None = None
-    user_agent: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
-    session_id: _Short | None = None
+    type: str | _Unset = _UNSET
+    ip: str | _Unset | None = _UNSET
+    user_agent: Annotated[str, msgspec.Meta(max_length=1024)] | _Unset | None = _UNSET
+    session_id: _Short | _Unset | None = _UNSET
 
 
 class _Target(msgspec.Struct, forbid_unknown_fields=True):
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     id: _Short
-    name: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=512)] | _Unset | None = _UNSET
 
 
 class _Event(msgspec.Struct, forbid_unknown_fields=True):
@@ -426,12 +491,12 @@ class _Event(msgspec.Struct, forbid_unknown_fields=True):
     action: Annotated[str, msgspec.Meta(max_length=128)]
     outcome: Outcome
     source: Source
-    id: str | None = None
-    tenant: str | None = None
-    target: _Target | None = None
-    request_id: _Short | None = None
-    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    changes: dict[str, Any] = msgspec.field(default_factory=dict)
+    id: str | _Unset | None = _UNSET
+    tenant: str | _Unset | None = _UNSET
+    target: _Target | _Unset | None = _UNSET
+    request_id: _Short | _Unset | None = _UNSET
+    metadata: dict[str, Any] | _Unset = _UNSET
+    changes: dict[str, Any] | _Unset = _UNSET
 
 
 # Checked here rather than by msgspec.Meta(pattern=...), which cost twice as much.
@@ -441,16 +506,36 @@ _ACTION = re.compile(ACTION_PATTERN)
 _ACTOR_TYPE = re.compile(ACTOR_TYPE_PATTERN)
 _EVENT_DECODER = msgspec.json.Decoder(_Event)
 _BATCH_DECODER = msgspec.json.Decoder(list[_Event])
+_ENCODER = msgspec.json.Encoder()
+
+
+def _holds_no_duplicate_keys(body: bytes, decoded: object, escapes: bool) -> bool:
+    """Whether no object of ``body`` holds a key twice, proven without parsing it again.
+
+    msgspec keeps the last of two equal keys. Every key and string of the body is
+    between two quotes, and a quote inside a string is written ``\\"``, as msgspec
+    writes it again; so unless the body spells a quote ``\\u0022``, re-encoding what
+    was decoded gives as many quotes as the body holds only if no member was dropped.
+    A pass of jiter that refuses duplicates cost three times as much.
+    """
+    if escapes and b"\\u0022" in body:
+        return False
+    return body.count(b'"') == _ENCODER.encode(decoded).count(b'"')
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is _UNSET else value
 
 
 def _content_of_decoded(event: _Event) -> dict[str, Any]:
     actor, target = event.actor, event.target
+    actor_type = _or(actor.type, "user")
     if not (
         _RFC3339.fullmatch(event.occurred_at)
         and _ACTION.fullmatch(event.action)
-        and _ACTOR_TYPE.fullmatch(actor.type)
-        and (event.id is None or _EVENT_ID.fullmatch(event.id))
-        and (event.tenant is None or _TENANT.fullmatch(event.tenant))
+        and _ACTOR_TYPE.fullmatch(actor_type)
+        and (event.id is None or event.id is _UNSET or _EVENT_ID.fullmatch(event.id))
+        and (event.tenant is None or event.tenant is _UNSET or _TENANT.fullmatch(event.tenant))
     ):
         raise ValueError("a field does not match its pattern")
     return {
@@ -458,20 +543,20 @@ def _content_of_decoded(event: _Event) -> dict[str, Any]:
         "occurred_at": event.occurred_at,
         "actor": {
             "id": actor.id,
-            "type": actor.type,
-            "ip": _canonical_ip(actor.ip),
-            "user_agent": actor.user_agent,
-            "session_id": actor.session_id,
+            "type": actor_type,
+            "ip": None if actor.ip is _UNSET else _canonical_ip(actor.ip),
+            "user_agent": _or(actor.user_agent, None),
+            "session_id": _or(actor.session_id, None),
         },
         "action": event.action,
         "target": None
-        if target is None
-        else {"type": target.type, "id": target.id, "name": target.name},
+        if target is None or target is _UNSET
+        else {"type": target.type, "id": target.id, "name": _or(target.name, None)},
         "outcome": event.outcome,
         "source": event.source,
-        "request_id": event.request_id,
-        "metadata": event.metadata,
-        "changes": event.changes,
+        "request_id": _or(event.request_id, None),
+        "metadata": {} if event.metadata is _UNSET else event.metadata,
+        "changes": {} if event.changes is _UNSET else event.changes,
     }
 
 
@@ -486,17 +571,26 @@ def normalise_json(
     """
     try:
         events = _BATCH_DECODER.decode(body) if batch else [_EVENT_DECODER.decode(body)]
-        if not events or len(events) > limits.max_batch_events or not is_tenant_name(tenant):
+        # Without a backslash the body has no escape, so no NUL and no \u0022 (a memchr).
+        escapes = b"\\" in body
+        if (
+            not events
+            or len(events) > limits.max_batch_events
+            or not is_tenant_name(tenant)
+            or not _holds_no_duplicate_keys(body, events if batch else events[0], escapes)
+        ):
             return None
         contents: list[dict[str, Any]] = []
         with_floats: set[int] = set()
         for index, event in enumerate(events):
             content = _content_of_decoded(event)
-            if _checked(content, event.tenant, index, tenant, now, limits):
+            claimed = _or(event.tenant, None)
+            if _checked(content, claimed, index, tenant, now, limits, may_hold_nul=escapes):
                 with_floats.add(index)
             contents.append(content)
-    except (msgspec.DecodeError, ValueError, InvalidEventError):
+    except (msgspec.DecodeError, ValueError, InvalidEventError, RecursionError):
         # msgspec.ValidationError is a DecodeError; ValueError includes a body that is
-        # not UTF-8 and an actor ip that is not an address.
+        # not UTF-8 and an actor ip that is not an address; RecursionError a body nested
+        # deeper than msgspec goes (the other path's parser refuses it by name).
         return None
     return NormalisedBatch(contents, frozenset(with_floats))

@@ -119,7 +119,7 @@ def _parse(services: Services, body: bytes) -> Any:
     except ValueError as error:
         services.metrics.ingest_errors.labels("invalid").inc()
         raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, f"body: not valid JSON ({error})"
+            status.HTTP_400_BAD_REQUEST, f"body: not valid I-JSON ({error})"
         ) from None
 
 
@@ -317,7 +317,8 @@ async def export_events(
 
 
 @router.get(
-    "/{event_id}",
+    # :path, because an event id may hold "/" (raw or percent-encoded, both decoded to it).
+    "/{event_id:path}",
     response_model=AuditRecord,
     responses={404: {"model": ErrorBody, "description": "No event with that id."}},
 )

@@ -124,13 +124,15 @@ def test_a_body_over_the_limit_is_refused_with_413_before_parsing(open_api: Open
         yield body[:1000]
         yield body[1000:]
 
-    streamed = api.client.post("/v1/events", content=chunks(), headers=headers)
+    streamed = api.client.post(
+        "/v1/events", content=chunks(), headers={**headers, "Content-Type": "application/json"}
+    )
     assert streamed.status_code == 413
     assert api.size("acme") == 0
 
 
 def test_a_body_that_is_not_json_or_not_events_is_refused(api: Api) -> None:
-    headers = api.headers("acme", "ingest")
+    headers = {**api.headers("acme", "ingest"), "Content-Type": "application/json"}
     broken = api.client.post("/v1/events", content=b"{nope", headers=headers)
     assert broken.status_code == 400
     assert "body" in broken.json()["detail"]

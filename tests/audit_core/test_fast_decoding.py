@@ -197,3 +197,74 @@ def test_valid_events_take_the_fast_path(event: dict[str, Any]) -> None:
 def test_bodies_the_schema_refuses_are_left_to_it(body: bytes) -> None:
     assert fast(body, batch=True) is None
     assert slow(body, batch=True) is None
+
+
+def with_duplicate(body: bytes, key: bytes, value: bytes, spelled: bytes | None = None) -> bytes:
+    """``body`` with a member ``"key": value`` (the key spelled ``spelled``) added just
+    before the first member named ``key``, so to the same object."""
+    at = body.index(b'"' + key + b'":')
+    return body[:at] + b'"' + (spelled or key) + b'":' + value + b"," + body[at:]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"action", b'"auth.login"'),
+        (b"outcome", b'"failure"'),
+        (b"id", b'"u-1001"'),  # actor.id: the first object holding "id" is the event's
+        (b"workspace", b'"other"'),
+        (b"workspace", b"1"),
+        (b"metadata", b"{}"),
+        (b"target", b"null"),
+        (b"ip", b"null"),
+    ],
+)
+def test_a_key_given_twice_in_any_object_is_refused_by_both_paths(key: bytes, value: bytes) -> None:
+    event = audit_event("evt-1", metadata={"workspace": "support-emea"})
+    for body, batch in (
+        (orjson.dumps(event), False),
+        (orjson.dumps([audit_event("e0"), event]), True),
+    ):
+        doubled = with_duplicate(body, key, value)
+        assert fast(doubled, batch=batch) is None
+        assert slow(doubled, batch=batch) is None
+        with pytest.raises(ValueError, match="duplicate key"):
+            parse_json(doubled)
+
+
+@st.composite
+def bodies_with_a_duplicate(draw: st.DrawFn) -> bytes:
+    """A valid batch's JSON with one member of one of its objects written twice; the
+    repeated key may be spelled with escapes and the value may hold escaped quotes."""
+    events = draw(st.lists(mutated_events(), min_size=1, max_size=3))
+    body = json.dumps(events, ensure_ascii=draw(st.booleans())).encode()
+    keys = [k.encode() for k in ("action", "outcome", "id", "actor", "metadata", "note", "type")]
+    present = [k for k in keys if b'"' + k + b'":' in body]
+    key = draw(st.sampled_from(present)) if present else b"occurred_at"
+    spelled = draw(st.sampled_from([key, key.replace(b"t", b"\\u0074", 1)]))
+    value = draw(st.sampled_from([b"null", b'"x"', b'"say \\"hi\\""', b'"\\u0022"', b"{}"]))
+    return with_duplicate(body, key, value, spelled)
+
+
+@given(bodies_with_a_duplicate())
+def test_the_fast_path_never_accepts_a_body_holding_a_key_twice(body: bytes) -> None:
+    assert slow(body, batch=True) is None
+    assert fast(body, batch=True) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" + orjson.dumps(audit_event(metadata={"note": "\x00"})) + b"]",
+        b"[" + orjson.dumps(audit_event(actor={"id": "u\x00"})) + b"]",
+        b"["
+        + orjson.dumps(audit_event())[:-1]
+        + b', "changes": {"a": '
+        + b"[" * 10_000
+        + b"]" * 10_000
+        + b"}}]",
+    ],
+)
+def test_nul_and_deep_nesting_are_left_to_the_schema_which_refuses_them(body: bytes) -> None:
+    assert fast(body, batch=True) is None
+    assert slow(body, batch=True) is None

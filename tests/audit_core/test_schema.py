@@ -343,3 +343,37 @@ def test_the_same_instant_spelled_two_ways_normalises_to_the_same_content() -> N
         audit_event(occurred_at="2024-05-01T14:00:00.000+02:00"),
     )
     assert utc == paris
+
+
+# -- text PostgreSQL cannot store --------------------------------------------------------
+
+UNSTORABLE_PLACES: list[tuple[dict[str, Any], str]] = [
+    ({"actor": {"id": "u-\x00"}}, "actor.id"),
+    ({"actor": {"id": "u", "user_agent": "curl\x00"}}, "actor.user_agent"),
+    ({"actor": {"id": "u", "session_id": "\x00"}}, "actor.session_id"),
+    ({"target": {"type": "t\x00", "id": "c"}}, "target.type"),
+    ({"target": {"type": "t", "id": "c\x00"}}, "target.id"),
+    ({"target": {"type": "t", "id": "c", "name": "\x00name"}}, "target.name"),
+    ({"request_id": "r\x00"}, "request_id"),
+    ({"metadata": {"note": "a\x00b"}}, "metadata.note"),
+    ({"metadata": {"tags": ["ok", "\x00"]}}, "metadata.tags.1"),
+    ({"changes": {"assignee": {"from": None, "to": "u\x00"}}}, "changes.assignee.to"),
+    ({"metadata": {"k\x00ey": 1}}, "metadata.k\\x00ey"),
+    ({"metadata": {"note": "lone \ud800 surrogate"}}, "metadata"),
+    ({"actor": {"id": "lone \udc00"}}, "actor.id"),
+    ({"metadata": {"lone \ud800 key": 1}}, "metadata.lone \\ud800 key"),
+]
+
+
+@pytest.mark.parametrize(("fields", "field"), UNSTORABLE_PLACES)
+def test_text_postgresql_cannot_store_is_refused_naming_its_field(
+    fields: dict[str, Any], field: str
+) -> None:
+    problem = only_problem(audit_event(**fields))
+    assert (problem.index, problem.field) == (0, field)
+    assert any(word in problem.message for word in ("U+0000", "surrogate", "unicode string"))
+
+
+def test_a_backslash_before_u0000_is_plain_text_and_kept() -> None:
+    [content] = normalise(audit_event(metadata={"path": "C:\\u0000\\x"}))
+    assert content["metadata"] == {"path": "C:\\u0000\\x"}
