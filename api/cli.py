@@ -496,3 +496,4 @@ def keys_revoke(
 from api.commands import followers as _followers  # noqa: E402
 
 _followers.register(app)
+__import__("api.commands.rules", fromlist=["register"]).register(app)
