@@ -42,8 +42,6 @@ from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
 )
 
 from audit_core.readmodel import (
-    _COLUMNS,
-    _WIDTH,
     TABLE,
     PostgresTrailView,
     Row,
@@ -51,6 +49,7 @@ from audit_core.readmodel import (
     open_view,
     to_row,
 )
+from audit_core.readmodel.rows import _COLUMNS, _WIDTH
 
 PAGE = 2000
 

@@ -2,10 +2,12 @@
 
 The index holds what queries filter on and each record's seq, not the record: a query
 finds seqs here and reads the records from the ledger, so a record is stored once, and
-encrypted there when the ledger is (the indexed fields are in clear, as any index's).
+encrypted there when the ledger is; the indexed identifiers and metadata words are
+then keyed hashes (``blind``).
 """
 
-from audit_core.followers import FollowerStore
+from audit_core.followers import FollowerStore, open_store
+from audit_core.readmodel.blind import BlindIndex
 from audit_core.readmodel.follower import ReadModel
 from audit_core.readmodel.query import (
     InvalidQueryError,
@@ -17,6 +19,9 @@ from audit_core.readmodel.query import (
 )
 from audit_core.readmodel.rows import Row, rows_of, search_text, tenant_key, text_blocks, to_row
 from audit_core.readmodel.store import (
+    KEYED_TABLE,
+    KEYED_TEXT_TABLE,
+    SHAPE_TABLE,
     TABLE,
     TEXT_TABLE,
     PostgresTrailView,
@@ -31,9 +36,31 @@ def open_read_model(store: FollowerStore, env: dict[str, str]) -> ReadModel:
     return ReadModel(store.view_recorder(trail_view_class(env)))
 
 
+def open_view(env: dict[str, str]) -> TrailView:
+    """The read model's tables on their own connections (benchmarks, tools); close it
+    with :func:`close_view`."""
+    store = open_store(env)
+    view = store.view_recorder(trail_view_class(env))
+    _stores[id(view)] = store
+    return view
+
+
+def close_view(view: TrailView) -> None:
+    store = _stores.pop(id(view), None)
+    if store is not None:
+        store.close()
+
+
+_stores: dict[int, FollowerStore] = {}
+
+
 __all__ = [
+    "KEYED_TABLE",
+    "KEYED_TEXT_TABLE",
+    "SHAPE_TABLE",
     "TABLE",
     "TEXT_TABLE",
+    "BlindIndex",
     "InvalidQueryError",
     "Order",
     "PostgresTrailView",
@@ -43,9 +70,11 @@ __all__ = [
     "SeqPage",
     "TrailQuery",
     "TrailView",
+    "close_view",
     "decode_cursor",
     "encode_cursor",
     "open_read_model",
+    "open_view",
     "rows_of",
     "search_text",
     "tenant_key",

@@ -20,7 +20,7 @@ class ReadModel(View):
 
     def handle(self, page: Page) -> None:
         try:
-            rows = rows_of(page.states, page.mapper)
+            rows = rows_of(page.states, page.mapper, self.view.blind)
         except MapperDeserialisationError as error:
             raise PoisonRecordError(str(error), _undecodable(page)) from error
         try:
@@ -31,9 +31,13 @@ class ReadModel(View):
             raise PoisonRecordError(f"the read model cannot store it: {error}") from error
 
     def reload(self) -> None:
-        # Rows without a position (an index written under an earlier follower name)
-        # would collide with the same rows written again: start from the beginning.
-        if self.position() == 0 and self.view.has_rows():
+        # A position tracked for another shape of the read model (an earlier table, or
+        # the table in clear before the ledger's key was set, or another key) says
+        # nothing of this one; rows without a position (an index written under an
+        # earlier follower name) would collide with the same rows written again: in
+        # both cases, start from the beginning.
+        stale = self.view.stored_shape(self.name) != self.view.shape
+        if stale or (self.position() == 0 and self.view.has_rows()):
             self.view.clear(self.name)
 
     def clear(self) -> None:

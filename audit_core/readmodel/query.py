@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from audit_core.exceptions import LedgerError
+from audit_core.readmodel.blind import BlindIndex
 from audit_core.readmodel.rows import tenant_key
 
 Order = Literal["desc", "asc"]
@@ -37,7 +38,8 @@ class TrailQuery:
     until: str | None = None
     """occurred_at < until."""
     text: str | None = None
-    """Case-insensitive substring of a metadata value."""
+    """Case-insensitive substring of a metadata value; whole words when the read model
+    is keyed (``blinded``)."""
     order: Order = "desc"
     after_seq: int | None = None
     """Keyset position: records beyond this seq in the query's order."""
@@ -52,6 +54,26 @@ class TrailQuery:
                 shown[name] = getattr(self, name)
         shown["order"] = self.order
         return shown
+
+
+def blinded(query: TrailQuery, blind: BlindIndex) -> TrailQuery:
+    """``query`` with its identifiers and words as the keyed read model holds them."""
+    tenant = query.tenant
+    changes: dict[str, Any] = {}
+    for name in ("actor_id", "target_id"):
+        value = getattr(query, name)
+        if value is not None:
+            changes[name] = blind.value(tenant, name, value)
+    if query.text:
+        phrase = blind.phrase(tenant, query.text)
+        if phrase is None:
+            raise InvalidQueryError(
+                "q",
+                "holds no word; with VIGIL_ENCRYPTION_KEY set, the free text search "
+                "finds whole words (letters and digits), not other characters",
+            )
+        changes["text"] = phrase
+    return replace(query, **changes) if changes else query
 
 
 def encode_cursor(order: Order, seq: int) -> str:

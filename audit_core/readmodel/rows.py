@@ -12,6 +12,7 @@ from eventsourcing.persistence import MapperDeserialisationError
 
 from audit_core.application import Record
 from audit_core.persistence import LedgerMapper
+from audit_core.readmodel.blind import BlindIndex
 
 _COLUMNS = (
     "tenant, seq, occurred_at, actor_id, action, action_ns, target_type, target_id, "
@@ -31,10 +32,12 @@ def tenant_key(tenant: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def to_row(record: Record) -> Row:
-    """The index row of a record: what queries filter on, and its seq to fetch it by."""
+def to_row(record: Record, blind: BlindIndex | None = None) -> Row:
+    """The index row of a record: what queries filter on, and its seq to fetch it by;
+    with ``blind``, identifiers and words as its keyed hashes."""
     target = record.get("target") or {}
     return _row(
+        blind,
         record["tenant"],
         record["seq"],
         record["occurred_at"],
@@ -49,6 +52,7 @@ def to_row(record: Record) -> Row:
 
 
 def _row(
+    blind: BlindIndex | None,
     tenant: str,
     seq: int,
     occurred_at: str,
@@ -61,6 +65,12 @@ def _row(
     metadata: dict[str, Any],
 ) -> Row:
     namespace = action.split(".", 1)[0]
+    search = search_text(metadata)
+    if blind is not None:
+        actor_id = blind.value(tenant, "actor_id", actor_id)
+        if target_id is not None:
+            target_id = blind.value(tenant, "target_id", target_id)
+        search = blind.search(tenant, search)
     return (
         tenant,
         seq,
@@ -72,7 +82,7 @@ def _row(
         target_id,
         outcome,
         source,
-        search_text(metadata),
+        search,
         tenant_key(tenant),
     )
 
@@ -108,8 +118,10 @@ class _StoredRecord(msgspec.Struct):
 _STORED_RECORD = msgspec.json.Decoder(_StoredRecord)
 
 
-def rows_of(states: Sequence[bytes], mapper: LedgerMapper) -> list[Row]:
-    """The index rows of stored ``Recorded`` states."""
+def rows_of(
+    states: Sequence[bytes], mapper: LedgerMapper, blind: BlindIndex | None = None
+) -> list[Row]:
+    """The index rows of stored ``Recorded`` states (with ``blind``: see ``to_row``)."""
     rows: list[Row] = []
     for state in states:
         try:
@@ -121,6 +133,7 @@ def rows_of(states: Sequence[bytes], mapper: LedgerMapper) -> list[Row]:
         target = record.target
         rows.append(
             _row(
+                blind,
                 record.tenant,
                 record.seq,
                 record.occurred_at,

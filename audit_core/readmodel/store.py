@@ -4,6 +4,7 @@ follower's position, and read by trail queries."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, get_args
@@ -13,24 +14,73 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.sql import SQL, Identifier
 
-from audit_core.readmodel.query import SeqPage, TrailQuery, _like_pattern, _page, _where
+from audit_core.readmodel.blind import BlindIndex
+from audit_core.readmodel.query import (
+    SeqPage,
+    TrailQuery,
+    _like_pattern,
+    _page,
+    _where,
+    blinded,
+)
 from audit_core.readmodel.rows import _COLUMNS, _WIDTH, Row, tenant_key, text_blocks
 from audit_core.schema import Outcome, Source
 
-TABLE = "trail_index_v3"
+TABLE = "trail_index_v4"
 """The read model's table. Its name changes with its shape: a process that finds the
-previous one drops it, and the follower, which tracks its position under the same name,
-rebuilds the new one from the ledger's first event."""
-_PREVIOUS_TABLES = ("trail_index", "trail_index_v2")
-TEXT_TABLE = "trail_text_v3"
+previous one drops it, and the follower, seeing that the read model's shape is not the
+one its position was tracked for (``TrailView.shape``), rebuilds the new one from the
+ledger's first event."""
+KEYED_TABLE = f"{TABLE}_keyed"
+"""The read model's table when the ledger is encrypted: keyed hashes in place of the
+identifiers and words (``audit_core.readmodel.blind``)."""
+_PREVIOUS_TABLES = ("trail_index", "trail_index_v2", "trail_index_v3")
+TEXT_TABLE = "trail_text_v4"
 """On PostgreSQL, the text of blocks of consecutive rows, which the free text search
 reads first (``PostgresTrailView``)."""
+KEYED_TEXT_TABLE = f"{TEXT_TABLE}_keyed"
+_PREVIOUS_TEXT_TABLES = ("trail_text_v3",)
+SHAPE_TABLE = "trail_shape"
+"""Which shape of the read model (table and key) each follower's position was tracked
+for; ``TrailView.clear`` writes it with the emptied tables and the forgotten position."""
 
 
 class TrailView(TrackingRecorder):
-    """A tracking recorder that also holds the trail table. Backends subclass it."""
+    """A tracking recorder that also holds the trail table. Backends subclass it;
+    ``trail_view_class`` gives the subclass for a ledger's environment."""
 
     table: str
+    table_name: str = TABLE
+    text_table_name: str = TEXT_TABLE
+    blind: BlindIndex | None = None
+    """Set when the ledger is encrypted: the keyed hashes that the rows and the queries'
+    values are written as."""
+
+    @classmethod
+    def dropped_tables(cls) -> tuple[str, ...]:
+        """Tables of earlier versions, and the other mode's: a read model in clear is
+        dropped, not kept beside the keyed one, when the ledger's key is set."""
+        names = (TABLE, KEYED_TABLE, *_PREVIOUS_TABLES)
+        return tuple(name for name in names if name != cls.table_name)
+
+    @classmethod
+    def dropped_text_tables(cls) -> tuple[str, ...]:
+        names = (TEXT_TABLE, KEYED_TEXT_TABLE, *_PREVIOUS_TEXT_TABLES)
+        return tuple(name for name in names if name != cls.text_table_name)
+
+    @property
+    def shape(self) -> str:
+        """The table and, when keyed, the key's id: a position tracked for another
+        shape is no position in this one."""
+        return self.table_name + (f":{self.blind.key_id}" if self.blind else "")
+
+    def stored_shape(self, application_name: str) -> str | None:
+        rows = self._select(
+            f"SELECT shape FROM {self.shape_table} WHERE name = ?", [application_name]
+        )
+        return str(rows[0][0]) if rows else None
+
+    shape_table: str = SHAPE_TABLE
 
     def project(self, rows: Sequence[Row], tracking: Tracking) -> None:
         """Write rows and the position they reach, atomically."""
@@ -38,13 +88,20 @@ class TrailView(TrackingRecorder):
 
     def clear(self, application_name: str) -> None:
         """Empty the read model and forget how far it had followed ``application_name``,
-        atomically, so that following starts again from the ledger's first event."""
+        atomically, so that following starts again from the ledger's first event; and
+        record that the position is tracked for this ``shape``."""
         raise NotImplementedError
 
     def _select(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
     def query(self, query: TrailQuery) -> SeqPage:
+        """The seqs of a page of records matching ``query`` (its values as given)."""
+        if self.blind is not None:
+            query = blinded(query, self.blind)
+        return self._query(query)
+
+    def _query(self, query: TrailQuery) -> SeqPage:
         where, params = _where(query)
         direction = "DESC" if query.order == "desc" else "ASC"
         statement = f"SELECT seq FROM {self.table} WHERE {where} ORDER BY seq {direction} LIMIT ?"
@@ -94,11 +151,16 @@ merged from the (outcome, source) index."""
 
 
 class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
-    table = TABLE
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.table = self.table_name
+        super().__init__(*args, **kwargs)
 
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
-        statements += [f"DROP TABLE IF EXISTS {previous}" for previous in _PREVIOUS_TABLES]
+        statements += [f"DROP TABLE IF EXISTS {previous}" for previous in self.dropped_tables()]
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {SHAPE_TABLE} (name TEXT PRIMARY KEY, shape TEXT NOT NULL)"
+        )
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {self.table} ("
             "tenant TEXT NOT NULL, seq INTEGER NOT NULL, occurred_at TEXT NOT NULL, "
@@ -130,6 +192,11 @@ class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
         with self.datastore.transaction(commit=True) as c:
             c.execute(f"DELETE FROM {self.table}")
             c.execute("DELETE FROM tracking WHERE application_name = ?", [application_name])
+            c.execute(
+                f"INSERT INTO {SHAPE_TABLE} (name, shape) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET shape = excluded.shape",
+                [application_name, self.shape],
+            )
 
 
 class PostgresTrailView(PostgresTrackingRecorder, TrailView):
@@ -150,15 +217,23 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
         super().__init__(datastore, **kwargs)
         schema = Identifier(datastore.schema)
-        self.table = f'"{datastore.schema}".{TABLE}'
-        table = Identifier(TABLE)
+        self.table = f'"{datastore.schema}".{self.table_name}'
+        self.shape_table = f'"{datastore.schema}".{SHAPE_TABLE}'
+        table = Identifier(self.table_name)
+        text_table = Identifier(self.text_table_name)
         text = 'text COLLATE "C"'
         self.sql_create_statements += [
             SQL("DROP TABLE IF EXISTS {schema}.{table}").format(
                 schema=schema, table=Identifier(previous)
             )
-            for previous in _PREVIOUS_TABLES
+            for previous in (*self.dropped_tables(), *self.dropped_text_tables())
         ]
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{table} "
+                "(name text PRIMARY KEY, shape text NOT NULL)"
+            ).format(schema=schema, table=Identifier(SHAPE_TABLE))
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
@@ -172,20 +247,20 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
         for name, columns in (*_INDEXES, *_POSTGRES_INDEXES):
             self.sql_create_statements.append(
                 SQL("CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} ({columns})").format(
-                    index=Identifier(f"{TABLE}_{name}"),
+                    index=Identifier(f"{self.table_name}_{name}"),
                     schema=schema,
                     table=table,
                     columns=SQL(columns),
                 )
             )
-        self.text_table = f'"{datastore.schema}".{TEXT_TABLE}'
+        self.text_table = f'"{datastore.schema}".{self.text_table_name}'
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
                 f"tenant_key bigint NOT NULL, tenant {text} NOT NULL, "
                 "first_seq bigint NOT NULL, last_seq bigint NOT NULL, search text NOT NULL, "
                 "PRIMARY KEY (tenant_key, last_seq, tenant))"
-            ).format(schema=schema, table=Identifier(TEXT_TABLE))
+            ).format(schema=schema, table=text_table)
         )
         self._copy = SQL(
             "COPY {schema}.{table} (" + _COLUMNS + ") FROM STDIN (FORMAT BINARY)"
@@ -193,11 +268,11 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
         self._copy_blocks = SQL(
             "COPY {schema}.{table} (tenant_key, tenant, first_seq, last_seq, search) "
             "FROM STDIN (FORMAT BINARY)"
-        ).format(schema=schema, table=Identifier(TEXT_TABLE))
+        ).format(schema=schema, table=text_table)
         self._trigram_index = SQL(
             "CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} USING gin (search gin_trgm_ops)"
         ).format(
-            index=Identifier(f"{TEXT_TABLE}_search"), schema=schema, table=Identifier(TEXT_TABLE)
+            index=Identifier(f"{self.text_table_name}_search"), schema=schema, table=text_table
         )
 
     def create_table(self) -> None:
@@ -224,7 +299,7 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
                     copy.write_row(block)
             self._insert_tracking(curs, tracking)
 
-    def query(self, query: TrailQuery) -> SeqPage:
+    def _query(self, query: TrailQuery) -> SeqPage:
         """An action prefix, or an outcome or a source alone, is served by merging reads
         of an index shared with other filters (``_SQLITE_INDEXES`` says why); free text
         without an actor, action or target, from the blocks of text."""
@@ -237,7 +312,7 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
         if len(given) == 1 and all(value is None for value in others):
             (filtered,) = given
             return self._query_fanned_out(query, "source" if filtered == "outcome" else "outcome")
-        return super().query(query)
+        return super()._query(query)
 
     def _query_text(self, query: TrailQuery) -> SeqPage:
         # The blocks whose text holds the words, newest first (or oldest), each read by
@@ -319,6 +394,13 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
                 SQL("DELETE FROM {tracking} WHERE application_name = %s").format(tracking=tracking),
                 [application_name],
             )
+            curs.execute(
+                SQL(
+                    "INSERT INTO {shapes} (name, shape) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET shape = excluded.shape"
+                ).format(shapes=SQL(self.shape_table)),
+                [application_name, self.shape],
+            )
 
 
 _VIEWS: dict[str, type[TrailView]] = {
@@ -328,9 +410,23 @@ _VIEWS: dict[str, type[TrailView]] = {
 
 
 def trail_view_class(env: dict[str, str]) -> type[TrailView]:
-    """The trail view for the database named by the ledger's environment."""
+    """The trail view for the database named by the ledger's environment: keyed (its
+    own tables, identifiers and words as keyed hashes) when the ledger is encrypted."""
     module = env.get("PERSISTENCE_MODULE", "")
     view_class = _VIEWS.get(module)
     if view_class is None:
         raise TypeError(f"the read model needs SQLite or PostgreSQL, not {module!r}")
-    return view_class
+    key = env.get("CIPHER_KEY")
+    return _keyed_view_class(view_class, key) if key else view_class
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed_view_class(view_class: type[TrailView], key: str) -> type[TrailView]:
+    # A class per key (cached, so its hashes' cache is shared by the views of a
+    # process): the eventsourcing factory constructs recorders from a class alone.
+    attributes = {
+        "blind": BlindIndex(key),
+        "table_name": KEYED_TABLE,
+        "text_table_name": KEYED_TEXT_TABLE,
+    }
+    return type(f"Keyed{view_class.__name__}", (view_class,), attributes)

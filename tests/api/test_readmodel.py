@@ -105,7 +105,7 @@ def test_tenants_are_kept_apart_in_the_read_model(store: Store) -> None:
     opened.close()
 
 
-def test_with_encryption_the_read_model_holds_what_queries_filter_on_and_no_record(
+def test_with_encryption_the_read_model_holds_keyed_hashes_and_no_record(
     store: Store,
 ) -> None:
     key = base64.b64encode(b"k" * 32).decode()
@@ -114,19 +114,67 @@ def test_with_encryption_the_read_model_holds_what_queries_filter_on_and_no_reco
         "payroll-1",
         actor={"id": "u-7", "user_agent": "PayrollAgent/9"},
         target={"type": "report", "id": "r-1", "name": "quarterly-payroll-export"},
+        metadata={"reason": "Salary Review"},
     )
     ledger.record("acme", [event])
     opened = OpenedReadModel(store.settings(encryption_key=key).ledger_env())
     view = opened.view
     opened.runner(ledger).run_once()
-    stored = store.cells(store.trail_index_table)
-    assert b"u-7" in stored
-    assert b"quarterly-payroll-export" not in stored
-    assert b"PayrollAgent" not in stored
-    [seq] = view.query(TrailQuery(tenant="acme")).seqs
-    [record] = ledger.records_at("acme", [seq])
+    stored = store.cells(store.trail_index_table.replace(readmodel.TABLE, readmodel.KEYED_TABLE))
+    for clear in (b"u-7", b"r-1", b"salary", b"review", b"quarterly", b"PayrollAgent"):
+        assert clear not in stored
+    assert b"report" in stored  # the target's type is listed as kept in clear
+
+    def found(**filters: str) -> list[int]:
+        return view.query(TrailQuery(tenant="acme", **filters)).seqs  # type: ignore[arg-type]
+
+    assert found(actor_id="u-7") == [0]
+    assert found(target_type="report", target_id="r-1") == [0]
+    assert found(text="SALARY") == [0]
+    assert found(text="salary review") == [0]
+    assert found(actor_id="u-8") == []
+    assert found(text="sala") == []  # a part of a word is not found: only its hash is held
+    assert found(text="review salary") == []  # words in another order are another phrase
+    [record] = ledger.records_at("acme", found())
     assert record["target"]["name"] == "quarterly-payroll-export"
     opened.close()
+
+
+def test_a_query_without_a_word_is_refused_when_the_read_model_is_keyed(store: Store) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    opened = OpenedReadModel(store.settings(encryption_key=key).ledger_env())
+    with pytest.raises(readmodel.InvalidQueryError, match="whole words") as refused:
+        opened.view.query(TrailQuery(tenant="acme", text="%-"))
+    assert refused.value.field == "q"
+    opened.close()
+
+
+def test_a_read_model_built_in_clear_is_dropped_and_rebuilt_keyed_when_the_key_is_set(
+    store: Store,
+) -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    ledger = store.open_ledger()
+    ledger.record("acme", [audit_event(f"e-{n}", actor={"id": "alice-clear"}) for n in range(3)])
+    opened = OpenedReadModel(store.settings().ledger_env())
+    opened.runner(ledger).run_once()
+    assert b"alice-clear" in store.cells(store.trail_index_table)
+    opened.close()
+
+    keyed = OpenedReadModel(store.settings(encryption_key=key).ledger_env())
+    keyed.runner(ledger).run_once()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - backend-specific "no such table"
+        store.cells(store.trail_index_table)
+    by_actor = TrailQuery(tenant="acme", actor_id="alice-clear", order="asc")
+    assert keyed.view.query(by_actor).seqs == [0, 1, 2]
+    keyed.close()
+
+    # Another key: another shape, rebuilt again from the first event.
+    other = base64.b64encode(b"o" * 32).decode()
+    rekeyed = OpenedReadModel(store.settings(encryption_key=other).ledger_env())
+    rekeyed.runner(ledger).run_once()
+    assert rekeyed.view.query(by_actor).seqs == [0, 1, 2]
+    assert rekeyed.view.count("acme") == 3
+    rekeyed.close()
 
 
 def test_free_text_matches_metadata_values_not_their_keys(store: Store) -> None:
