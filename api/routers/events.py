@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from collections.abc import Iterator, Sequence
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +32,7 @@ from api.dependencies import (
 from api.schemas import ERRORS, AuditRecord, ErrorBody, RecordBatch, RecordPage
 from api.services import Services
 from audit_core import PreparedBatch
-from audit_core.exceptions import FieldProblem, InvalidEventError
+from audit_core.exceptions import FieldProblem, InvalidEventError, LedgerError
 from audit_core.readmodel import InvalidQueryError, TrailQuery, decode_cursor
 from audit_core.schema import (
     ACTION_PATTERN,
@@ -41,6 +43,7 @@ from audit_core.schema import (
 )
 
 router = APIRouter(prefix="/v1/events", tags=["events"], responses=ERRORS)
+log = structlog.get_logger("vigil.api")
 
 _JSON = "application/json"
 
@@ -246,37 +249,117 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: one that would start a formula gets a leading
+    apostrophe, as OWASP's CSV injection guidance says. The JSON Lines export is the
+    exact one; CSV is for reading."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv_row(record: dict[str, Any]) -> list[Any]:
     actor = record["actor"]
     target = record.get("target") or {}
     return [
-        record["tenant"], record["seq"], record["id"], record["occurred_at"],
-        record["received_at"], actor["id"], actor.get("type"), actor.get("ip"),
-        actor.get("user_agent"), actor.get("session_id"), record["action"],
-        target.get("type"), target.get("id"), target.get("name"), record["outcome"],
-        record["source"], record.get("request_id"),
-        orjson.dumps(record.get("metadata", {}), option=orjson.OPT_SORT_KEYS).decode(),
-        orjson.dumps(record.get("changes", {}), option=orjson.OPT_SORT_KEYS).decode(),
-        record["prev_hash"], record["hash"],
+        _cell(value)
+        for value in (
+            record["tenant"], record["seq"], record["id"], record["occurred_at"],
+            record["received_at"], actor["id"], actor.get("type"), actor.get("ip"),
+            actor.get("user_agent"), actor.get("session_id"), record["action"],
+            target.get("type"), target.get("id"), target.get("name"), record["outcome"],
+            record["source"], record.get("request_id"),
+            orjson.dumps(record.get("metadata", {}), option=orjson.OPT_SORT_KEYS).decode(),
+            orjson.dumps(record.get("changes", {}), option=orjson.OPT_SORT_KEYS).decode(),
+            record["prev_hash"], record["hash"],
+        )
     ]  # fmt: skip
 
 
+class _Tally:
+    """What an export has sent so far, for the line that ends it: a summary when every
+    record was sent, an error when it stopped. A reader knows an export is whole only
+    by its summary (a cut connection leaves none)."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.last: dict[str, Any] | None = None
+        self.digest = hashlib.sha256()
+
+    def sent(self, chunk: bytes) -> bytes:
+        self.digest.update(chunk)
+        return chunk
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "complete": True,
+            "records": self.records,
+            "last_seq": None if self.last is None else self.last["seq"],
+            "last_hash": None if self.last is None else self.last["hash"],
+            "sha256": self.digest.hexdigest(),
+        }
+
+    def failure(self, error: Exception) -> dict[str, Any]:
+        # A ledger error says what is wrong; others could name hosts, so only their kind.
+        reason = str(error) if isinstance(error, LedgerError) else type(error).__name__
+        log.error("export stopped", records=self.records, error=repr(error))
+        return {
+            "complete": False,
+            "records": self.records,
+            "detail": f"the export stopped after {self.records} records ({reason}); "
+            "it is incomplete: export again",
+        }
+
+
 def _csv(records: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    tally = _Tally()
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
-    for count, record in enumerate(records, start=1):
-        writer.writerow(_csv_row(record))
-        if count % 500 == 0:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
+
+    def flush() -> bytes:
+        chunk = buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()
+        return tally.sent(chunk)
+
+    try:
+        for record in records:
+            writer.writerow(_csv_row(record))
+            tally.records += 1
+            tally.last = record
+            if tally.records % 500 == 0:
+                yield flush()
+    except Exception as error:
+        yield flush()
+        failure = tally.failure(error)
+        writer.writerow(["#error", failure["records"], failure["detail"]])
+        yield buffer.getvalue().encode()
+        return
+    yield flush()
+    # The first column holds a tenant in every other row, and no tenant starts with #.
+    summary = tally.summary()
+    writer.writerow(
+        ["#summary", *(summary[k] for k in ("records", "last_seq", "last_hash", "sha256"))]
+    )
     yield buffer.getvalue().encode()
 
 
 def _jsonl(records: Iterator[dict[str, Any]]) -> Iterator[bytes]:
-    for record in records:
-        yield orjson.dumps(record) + b"\n"
+    tally = _Tally()
+    try:
+        for record in records:
+            line = orjson.dumps(record) + b"\n"
+            tally.records += 1
+            tally.last = record
+            yield tally.sent(line)
+    except Exception as error:
+        yield orjson.dumps({"error": tally.failure(error)}) + b"\n"
+        return
+    yield orjson.dumps({"summary": tally.summary()}) + b"\n"
 
 
 @router.get(
@@ -296,6 +379,14 @@ async def export_events(
 
     JSON Lines holds each record exactly as stored (with ``prev_hash`` and ``hash``),
     so it can be verified offline. The export is recorded as ``audit.export`` first.
+
+    A complete export ends with a summary: in JSON Lines a last line
+    ``{"summary": {"complete": true, "records", "last_seq", "last_hash", "sha256"}}``,
+    in CSV a last row ``#summary,records,last_seq,last_hash,sha256`` (``last_*`` of the
+    last record sent, ``sha256`` of every byte before the summary). An export that
+    stopped midway ends with ``{"error": {"complete": false, ...}}`` or an ``#error``
+    row instead; one with neither was cut off. CSV cells that would start a formula
+    (``= + - @``, tab, carriage return) are prefixed with ``'``.
     """
     tenant = tenant_of(key, tenant, services)
     query = replace(filters, tenant=tenant)
