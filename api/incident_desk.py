@@ -10,6 +10,7 @@ from pathlib import Path
 
 from api.settings import Settings
 from audit_core import Ledger
+from audit_core.followers import Follower, FollowerStore
 from incident import ConfigurationError, Incidents
 from incident.escalation import Clock, load_policies, system_clock
 from incident.notify import build_notifier
@@ -88,3 +89,16 @@ def settings_notifications(settings: Settings) -> dict[str, object]:
         "smtp_from": settings.smtp_from,
         "smtp_timeout": settings.smtp_timeout_seconds,
     }
+
+
+def build_escalation(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
+    """The escalation scheduler for the follower registry (``vigil worker``)."""
+    from incident.scheduler import EscalationScheduler
+
+    return [
+        EscalationScheduler(
+            build_incidents(settings, ledger),
+            store.positions,
+            every_seconds=settings.incident_tick_seconds,
+        )
+    ]
