@@ -225,6 +225,20 @@ def _b64decode(value: Any, where: str) -> bytes:
         raise _fail(f"{where} is not base64") from None
 
 
+def _check_range(selection: dict[str, Any], records: list[dict[str, Any]], size: int) -> None:
+    """A bundle of a seq range holds every seq of it that the checkpoint covers."""
+    first = selection["from_seq"]
+    last = selection.get("to_seq")
+    last = min(last if isinstance(last, int) else size - 1, size - 1)
+    present = {record["seq"] for record in records}
+    for seq in range(first, last + 1):
+        if seq not in present:
+            raise _fail(f"the selected range is seq {first} to {last}, but seq {seq} is missing")
+    outside = sorted(seq for seq in present if not first <= seq <= last)
+    if outside:
+        raise _fail(f"seq {outside[0]} is outside the selected range {first} to {last}")
+
+
 def verify_bundle(
     source: str | Path | IO[bytes],
     keys: Iterable[Verifier],
@@ -299,16 +313,18 @@ def verify_bundle(
             raise _fail(f"{where}: its proof has no hashes")
         decoded = [_b64decode(h, f"{where}: proof hash") for h in hashes]
         computed_leaf = leaf_hash(leaf)
-        if _b64decode(proof.get("leaf_hash"), f"{where}: leaf_hash") != computed_leaf:
-            raise _fail(f"{where}: the proof's leaf hash is not the record's")
         try:
             verify_inclusion(seq, checkpoint.size, computed_leaf, decoded, checkpoint.root)
         except ProofError as error:
             raise _fail(f"{where}: not in the checkpoint's tree: {error}") from None
+        if _b64decode(proof.get("leaf_hash"), f"{where}: leaf_hash") != computed_leaf:
+            raise _fail(f"{where}: the proof's leaf hash is not the record's")
         previous = record
         if progress is not None and number % 1000 == 0:
             progress(1000)
     selection = manifest.get("selection")
+    if isinstance(selection, dict) and isinstance(selection.get("from_seq"), int):
+        _check_range(selection, records, checkpoint.size)
     return BundleReport(
         tenant=tenant,
         origin=checkpoint.origin,
