@@ -24,6 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import docs, errors, strict
 from api.dependencies import BEARER_SCHEME, KEYED_PREFIX
 from api.routers import events, health, keys, verify
+from api.routers import incidents as incidents_routes
+from api.routers import transparency as transparency_routes
 from api.runtime import tuned_for_service
 from api.services import Services, build_services
 from api.settings import Settings, get_settings
@@ -242,6 +244,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     max_body = effective.max_body_bytes
     for router in (events.router, keys.router, verify.router, health.router):
         app.include_router(router)
+    app.include_router(transparency_routes.router)
+    app.include_router(incidents_routes.router)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=max_body)
     app.add_middleware(RequestContext)
