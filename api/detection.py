@@ -31,9 +31,7 @@ def check_runbooks(rules: list[Rule], runbooks: object) -> None:
         try:
             frozen(rule.runbook)
         except IncidentError as error:
-            raise RuleError(
-                rule.path, rule.runbook_line, f"runbook {rule.runbook!r}: {error}"
-            ) from None
+            raise RuleError(rule.path, rule.runbook_line, str(error)) from None
 
 
 def build_detector(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
