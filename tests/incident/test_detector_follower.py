@@ -5,9 +5,10 @@ evidence), and the detector's state, incidents and position move together."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import IntegrityError
@@ -16,8 +17,10 @@ from audit_core import Ledger
 from audit_core.followers import FollowerRunner, FollowerStore, Page, open_store
 from incident.application import Incidents
 from incident.detector import Detector
+from incident.domain import Actor
 from incident.follower import FOLLOWER_NAME, DetectorFollower
 from incident.rules import Rule, load_rules
+from incident.runbooks import RunbookCatalogue
 from incident.simulation import Event, Tenant
 from tests.stores import Store
 
@@ -173,3 +176,48 @@ def test_a_page_written_twice_is_refused_whole(deployment: Deployment) -> None:
     assert other.sink.load_state() == state
     assert other.detector.state == state  # reloaded: memory never runs ahead of the database
     assert other.position() == page.position
+
+
+def test_once_the_incident_is_resolved_the_next_attack_opens_a_new_one(
+    deployment: Deployment,
+) -> None:
+    runner = deployment.runner(deployment.follower())
+    first = deployment.brute_force(attempts=12)
+    runner.drain()
+    [opened] = deployment.listed()
+    responder = Actor("u-oncall")
+    deployment.incidents.acknowledge("acme", UUID(opened["id"]), responder)
+    deployment.incidents.resolve("acme", UUID(opened["id"]), responder, "password reset")
+    again = deployment.brute_force(ATTACK_AT + timedelta(hours=3), attempts=12)
+    runner.drain()
+    newest, resolved = deployment.listed()
+    assert resolved["id"] == opened["id"]
+    assert resolved["status"] == "resolved"
+    assert newest["status"] == "triggered"
+    assert newest["dedup_key"] == opened["dedup_key"]
+    assert evidence_seqs(deployment.incidents, resolved["id"]) == [r["seq"] for r in first]
+    assert evidence_seqs(deployment.incidents, newest["id"]) == [r["seq"] for r in again]
+
+
+def test_a_detection_the_incidents_refuse_stops_the_detector_at_its_record(
+    deployment: Deployment,
+) -> None:
+    """A rule naming a runbook that is not there (normally refused at start): no retry
+    would help, so the runner stops the detector at the record, saying why."""
+    quiet = deployment.record(deployment.tenant.ordinary_day(date(2026, 11, 16))[:50])
+    attack = deployment.brute_force(attempts=10)
+    follower = DetectorFollower.open(
+        deployment.env, deployment.ledger, deployment.rules, runbooks=RunbookCatalogue({})
+    )
+    deployment.followers.append(follower)
+    runner = deployment.runner(follower)
+    runner.drain()
+    status = runner.status()
+    assert status.stopped
+    assert "no runbook named 'credential-stuffing'" in (status.stopped_reason or "")
+    # Everything before the tenth failed login was processed; that one was not.
+    tenth = deployment.ledger.ledger_recorder.recorded_after(0, 1000).ids[len(quiet) + 9]
+    assert status.stopped_at == tenth
+    assert follower.position() == tenth - 1
+    assert deployment.listed() == []
+    assert attack
