@@ -56,10 +56,17 @@ def _detector(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[
     return build_detector(settings, ledger, store)
 
 
+def _escalation(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
+    from api.incident_desk import build_escalation
+
+    return build_escalation(settings, ledger, store)
+
+
 REGISTRY: list[FollowerSpec] = [
     FollowerSpec("archive", _archive),
     FollowerSpec("graylog", _graylog),
     FollowerSpec("incident-detector", _detector),
+    FollowerSpec("incident-escalation", _escalation),
     FollowerSpec("readmodel", _read_model),
     FollowerSpec("transparency", _transparency),
 ]
