@@ -303,6 +303,11 @@ class DetectorFollower(View):
         records = page.records
         try:
             detections = self.detector.process(records)
+        except Exception as error:
+            # Rules are pure functions of the records: what fails once fails every time.
+            self.reload()
+            raise PoisonRecordError(f"a rule failed on this page: {error!r}") from error
+        try:
             self.sink.open_or_attach(detections, self.detector.take_changes(), page.tracking)
         except IncidentError as error:
             # The incidents refuse what these records make (a rule's runbook missing,

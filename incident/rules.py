@@ -569,8 +569,9 @@ class _Compiler:
                 def member(record: Record) -> bool:
                     value = get(record)
                     if type(value) is list:
-                        return any(item in allowed for item in value)
-                    return value in allowed and type(value) is not bool
+                        return any(type(item) in _HASHED and item in allowed for item in value)
+                    # An object or a list is not hashable: it can equal none of the values.
+                    return type(value) in _HASHED and value in allowed
 
                 predicate = member
             else:
@@ -874,6 +875,11 @@ class _Compiler:
         if text.count("{") != len(fields) or text.count("}") != len(fields):
             raise self.error(node, f"dedup {text!r} has an unbalanced brace")
         return Template(text, tuple(fields))
+
+
+_HASHED = (str, int, float)
+"""Types a record's value may have to be looked up in a set of rule values (a bool is
+not one: YAML's ``1`` must not match ``true``)."""
 
 
 def _negated(predicate: Predicate) -> Predicate:

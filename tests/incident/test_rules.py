@@ -486,3 +486,21 @@ def test_a_directory_with_bad_files_is_refused_naming_each_of_them(tmp_path: Pat
     problems = {(Path(e.path).name, e.line) for e in caught.value.errors}
     assert problems == {("broken.yaml", 5), ("twin.yml", 1)}
     assert "also used by" in str(caught.value)
+
+
+def test_a_field_holding_an_object_matches_no_value_and_breaks_nothing() -> None:
+    rule = rule_of(
+        """
+        id: r
+        title: t
+        level: low
+        detection:
+          admin:
+            metadata.role: [admin, owner]
+          condition: admin
+        """
+    )
+    assert not rule.matches(record(metadata={"role": {"name": "admin"}}))
+    assert not rule.matches(record(metadata={"role": [{"name": "admin"}, ["owner"]]}))
+    assert not rule.matches(record(metadata={"role": True}))
+    assert rule.matches(record(metadata={"role": ["viewer", "owner"]}))
