@@ -81,6 +81,16 @@ class Stored:
     """Base64 SHA-256 of the stored bytes, as S3 keeps it (when it keeps one)."""
 
 
+@dataclass(frozen=True)
+class Version:
+    """One version of an object, or a delete marker, as S3 lists them."""
+
+    key: str
+    version_id: str | None
+    latest: bool
+    delete_marker: bool
+
+
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
@@ -207,6 +217,27 @@ class ArchiveBucket:
                     yield item["Key"]
         except (ClientError, BotoCoreError) as error:
             raise self._unavailable(f"cannot list {prefix}", error) from error
+
+    def versions(self, prefix: str) -> Iterator[Version]:
+        """Every version and delete marker under ``prefix``; a key's newest comes first."""
+        paginator = self.client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                entries = [(v, False) for v in page.get("Versions", [])] + [
+                    (m, True) for m in page.get("DeleteMarkers", [])
+                ]
+                # S3 lists a key's versions newest first, delete markers apart: merge.
+                entries.sort(key=lambda e: (e[0]["Key"], not e[0].get("IsLatest", False)))
+                for entry, marker in entries:
+                    version = entry.get("VersionId")
+                    yield Version(
+                        entry["Key"],
+                        None if version in (None, "null") else version,
+                        bool(entry.get("IsLatest")),
+                        marker,
+                    )
+        except (ClientError, BotoCoreError) as error:
+            raise self._unavailable(f"cannot list the versions under {prefix}", error) from error
 
     def folders(self, prefix: str) -> list[str]:
         """The names directly under ``prefix`` that hold objects (S3 common prefixes)."""

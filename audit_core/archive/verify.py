@@ -17,7 +17,9 @@ For each tenant, the digests are read in seq order and each one is checked:
 
 Findings are kept apart by kind: a *missing* segment (a digest names it, S3 does not have
 it), an *invalid* segment (there, but not what its digest says), a *gap* (seqs that no
-digest covers), a *missing* or *invalid* digest, and, with a ledger, records the ledger
+digest covers), a *missing* or *invalid* digest, a *replaced* object (a newer version
+or a delete marker was put over the archived version, which is still there and is what
+verify and restore read), and, with a ledger, records the ledger
 holds that the archive lacks (``unarchived``: normal for the newest records, within a
 segment interval) or that differ between the two (``mismatch``).
 """
@@ -32,7 +34,7 @@ from typing import Any
 from audit_core.application import Ledger
 from audit_core.archive.digests import Digest, Link, LogKeys, TreeState, sha256_hex
 from audit_core.archive.exceptions import ArchiveFormatError
-from audit_core.archive.s3 import ArchiveBucket
+from audit_core.archive.s3 import ArchiveBucket, Version
 from audit_core.archive.segments import (
     ObjectName,
     decompress,
@@ -53,6 +55,7 @@ class Kind(enum.StrEnum):
     GAP = "gap"
     MISSING_DIGEST = "missing_digest"
     INVALID_DIGEST = "invalid_digest"
+    REPLACED = "replaced"
     UNARCHIVED = "unarchived"
     MISMATCH = "mismatch"
 
@@ -139,6 +142,7 @@ class ArchiveVerifier:
         self.keys = keys
         self.prefix = bucket.settings.prefix
         self._consume: Consumer | None = None
+        self._versions: dict[str, list[Version]] = {}
 
     def tenants(self) -> list[str]:
         """Every tenant with objects under the archive's prefix."""
@@ -167,9 +171,14 @@ class ArchiveVerifier:
         self._consume = consume
         segments: dict[tuple[int, int], ObjectName] = {}
         digests: list[ObjectName] = []
-        for key in self.bucket.keys(tenant_prefix(self.prefix, tenant)):
+        self._versions = {}
+        for version in self.bucket.versions(tenant_prefix(self.prefix, tenant)):
+            self._versions.setdefault(version.key, []).append(version)
+        for key, versions in self._versions.items():
             name = parse_key(key)
             if name is None or name.tenant != tenant:
+                continue
+            if all(version.delete_marker for version in versions):
                 continue
             if name.kind == "segment":
                 segments[(name.first_seq, name.last_seq)] = name
@@ -229,20 +238,11 @@ class ArchiveVerifier:
     ) -> str | None:
         """Check one digest and its segment; return the segment key it attests."""
         tenant, first, last = report.tenant, name.first_seq, name.last_seq
-        fetched = self.bucket.fetch(name.key)
-        if fetched is None:
-            report.add(Kind.MISSING_DIGEST, first, last, name.key, "listed but cannot be read")
+        opened = self._open_digest(report, name)
+        if opened is None:
             walk.tree, walk.last_hash, walk.link = None, None, None
             return None
-        data, version_id = fetched
-        this_link = Link(name.key, version_id, sha256_hex(data))
-        try:
-            text = self.keys.open(tenant, data.decode())
-            digest = Digest.from_text(text, name.key)
-        except (UnicodeDecodeError, TransparencyError, ArchiveFormatError) as error:
-            report.add(Kind.INVALID_DIGEST, first, last, name.key, f"{error}")
-            walk.tree, walk.last_hash, walk.link = None, None, None
-            return None
+        digest, this_link = opened
         facts = digest.segment
         if (facts.first_seq, facts.last_seq, digest.tenant) != (first, last, tenant):
             report.add(
@@ -264,6 +264,55 @@ class ArchiveVerifier:
             report.segments += 1
             report.records += facts.records
         return facts.key
+
+    def _open_digest(
+        self, report: TenantArchiveReport, name: ObjectName
+    ) -> tuple[Digest, Link] | None:
+        """The newest version of a digest that opens with a trusted signature (and a
+        ``replaced`` finding if that is not the current one)."""
+        tenant, first, last = report.tenant, name.first_seq, name.last_seq
+        versions = [v for v in self._versions.get(name.key, []) if not v.delete_marker]
+        problem: str | None = None
+        for version in versions:
+            data = self.bucket.get(name.key, version.version_id)
+            if data is None:
+                continue
+            try:
+                digest = Digest.from_text(self.keys.open(tenant, data.decode()), name.key)
+            except (UnicodeDecodeError, TransparencyError, ArchiveFormatError) as error:
+                problem = str(error)
+                continue
+            if self._versions[name.key][0] is not version:
+                self._replaced(report, name.key, version.version_id, first, last)
+            return digest, Link(name.key, version.version_id, sha256_hex(data))
+        if problem is None:
+            report.add(Kind.MISSING_DIGEST, first, last, name.key, "listed but cannot be read")
+        else:
+            report.add(Kind.INVALID_DIGEST, first, last, name.key, problem)
+        return None
+
+    def _replaced(
+        self,
+        report: TenantArchiveReport,
+        key: str,
+        version_id: str | None,
+        first: int | None,
+        last: int | None,
+    ) -> None:
+        current = self._versions.get(key, [None])[0]
+        what = (
+            "a delete marker"
+            if current is not None and current.delete_marker
+            else "another version"
+        )
+        report.add(
+            Kind.REPLACED,
+            first,
+            last,
+            key,
+            f"{what} was put over the archived version {version_id}, which is intact "
+            "and is what verify and restore read",
+        )
 
     def _check_link(
         self,
@@ -344,6 +393,14 @@ class ArchiveVerifier:
         data = self.bucket.get(facts.key, facts.version_id)
         if progress is not None:
             progress(facts.records)
+        current = self._versions.get(facts.key, [None])[0]
+        if (
+            data is not None
+            and facts.version_id is not None
+            and current is not None
+            and current.version_id != facts.version_id
+        ):
+            self._replaced(report, facts.key, facts.version_id, first, last)
         if data is None:
             version = f" version {facts.version_id}" if facts.version_id else ""
             report.add(
