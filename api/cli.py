@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import getpass
-import multiprocessing
 import os
 import secrets
 import sys
@@ -23,7 +22,7 @@ import orjson
 import typer
 from eventsourcing.domain import EventSourcingError, OriginatorVersionError
 from eventsourcing.persistence import MapperDeserialisationError, PersistenceError
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -285,9 +284,20 @@ def verify(
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON report per tenant.")
     ] = False,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint", help="A signed checkpoint kept from earlier: the log must extend it."
+        ),
+    ] = None,
 ) -> None:
-    """Recompute every chain from storage; report the first bad seq of each tenant."""
-    with open_ledger() as ledger:
+    """Recompute every chain from storage; report the first bad seq of each tenant.
+    With a transparency log, also recompute each tenant's tree and check it against
+    every signed checkpoint (and the --checkpoint files)."""
+    from api.commands.transparency import print_tree_reports, tree_reports
+
+    settings = load_settings()
+    with open_ledger(settings) as ledger:
         names = tenant or ledger.tenants()
         total = sum(_size_for_progress(ledger, name) for name in names)
         reports = []
@@ -295,6 +305,7 @@ def verify(
             task = progress.add_task("verifying", total=total)
             for name in names:
                 reports.append(verify_tenant(ledger, name, lambda n: progress.advance(task, n)))
+        trees = tree_reports(settings, ledger, tenant, checkpoint or [])
     for report in reports:
         if json_output:
             out.print(orjson.dumps(report.as_dict()).decode(), markup=False)
@@ -306,9 +317,10 @@ def verify(
                 f"({report.problem.reason.value}): {report.problem.detail}",
                 markup=False,
             )
-    if not reports:
+    trees_ok = print_tree_reports(trees, json_output)
+    if not reports and not trees:
         err.print("no tenant logs to verify")
-    if any(not r.ok for r in reports):
+    if any(not r.ok for r in reports) or not trees_ok:
         raise typer.Exit(1)
 
 
@@ -318,6 +330,27 @@ def _size_for_progress(ledger: Ledger, tenant: str) -> int:
         return ledger.size(tenant)
     except EventSourcingError:
         return 0
+
+
+@app.command("config")
+def config(
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Every setting with its default and meaning.")
+    ] = False,
+) -> None:
+    """Print the VIGIL_* settings in effect (secrets masked)."""
+    from api.settings import settings_reference
+
+    if reference:
+        out.print(settings_reference(), markup=False, end="")
+        return
+    settings = load_settings()
+    for name, value in settings.model_dump().items():
+        if name == "database_url":
+            value = settings.redacted_database_url()
+        elif isinstance(getattr(settings, name), SecretStr):
+            value = "***"
+        out.print(f"VIGIL_{name.upper()}={'' if value is None else value}", markup=False)
 
 
 @app.command("new-encryption-key")
@@ -343,21 +376,19 @@ def serve(
     import uvicorn
 
     from api.app import configure_logging, proxy_options
-    from api.commands.followers import run_worker
+    from api.commands.followers import WorkerSupervisor
 
     settings = load_settings()
     configure_logging(settings.log_level)
-    follower = None
+    supervisor = None
     if settings.readmodel_follow:
         # The followers run in a process of their own: they neither compete with
         # request handling for the GIL nor race the other workers' followers.
-        follower = multiprocessing.get_context("spawn").Process(
-            target=run_worker, args=(None, os.getpid()), name="vigil-worker", daemon=True
-        )
-        follower.start()
+        supervisor = WorkerSupervisor(os.getpid())
+        supervisor.start()
     try:
         uvicorn.run(
-            "api.app:create_serving_app" if follower is not None else "api.app:create_app",
+            "api.app:create_serving_app" if supervisor is not None else "api.app:create_app",
             factory=True,
             host=host or settings.host,
             port=port if port is not None else settings.port,
@@ -367,9 +398,8 @@ def serve(
             **proxy_options(settings),
         )
     finally:
-        if follower is not None:
-            follower.terminate()
-            follower.join(timeout=15)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 keys_app = typer.Typer(help="Manage API keys (tokens are shown once, stored hashed).")
@@ -496,4 +526,6 @@ def keys_revoke(
 from api.commands import followers as _followers  # noqa: E402
 
 _followers.register(app)
+__import__("api.commands.archive", fromlist=["register"]).register(app)
+__import__("api.commands.transparency", fromlist=["register"]).register(app, keys_app)
 __import__("api.commands.rules", fromlist=["register"]).register(app)

@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.dependencies import AccessDenied, audit_request
+from api.group_commit import WriteTimeoutError
 from api.keys import ApiKeyNotFoundError, InvalidKeySpecError
 from audit_core import (
     DuplicateEventIdError,
@@ -108,6 +109,11 @@ async def _busy(request: Request, error: Exception) -> Response:
     return problem(503, str(error))
 
 
+async def _write_timeout(request: Request, error: Exception) -> Response:
+    _count(request, "timeout")
+    return problem(503, str(error))
+
+
 async def _storage(request: Request, error: Exception) -> Response:
     _count(request, "storage")
     return problem(503, f"storage unavailable, nothing was recorded: {type(error).__name__}")
@@ -189,6 +195,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TenantNotFoundError, _not_found)
     app.add_exception_handler(ApiKeyNotFoundError, _not_found)
     app.add_exception_handler(LedgerBusyError, _busy)
+    app.add_exception_handler(WriteTimeoutError, _write_timeout)
     app.add_exception_handler(PersistenceError, _storage)
     app.add_exception_handler(InvalidQueryError, _bad_query)
     app.add_exception_handler(InvalidKeySpecError, _bad_key_spec)

@@ -28,6 +28,20 @@ from audit_core import DuplicateEventIdError, InvalidEventError, Ledger, Prepare
 Outcome = list[Record] | BaseException
 
 
+class WriteTimeoutError(Exception):
+    """A write did not finish within ``VIGIL_WRITE_TIMEOUT_SECONDS`` (the database is
+    slow or down). It may still be recorded when the database returns: a client that
+    retries with the same event ids records it once."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        super().__init__(
+            f"storage did not answer within {seconds:g} s (VIGIL_WRITE_TIMEOUT_SECONDS); "
+            "the events may or may not be recorded: retry with the same event ids, which "
+            "records each of them once"
+        )
+
+
 @dataclass
 class _Pending:
     batch: PreparedBatch

@@ -6,8 +6,9 @@ as audit events, so that the auditors are audited.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from api.followers import build_followers
-from api.group_commit import GroupCommitter
+from api.group_commit import GroupCommitter, WriteTimeoutError
 from api.keys import ApiKey, KeyStore
 from api.metrics import Metrics
 from api.settings import Settings
@@ -47,8 +48,12 @@ class Services:
     only when ``worker`` is set (``VIGIL_READMODEL_FOLLOW``)."""
     worker: Worker | None = None
     _key_cache: dict[str, tuple[float, ApiKey | None]] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    """Called first on close: what a router built on first use (the incidents desk)."""
 
     def close(self) -> None:
+        for closer in self.closers:
+            closer()
         if self.worker is not None:
             self.worker.stop()
         for follower in self.followers:
@@ -90,7 +95,14 @@ class Services:
     # -- recording --------------------------------------------------------------------
 
     async def record(self, batch: PreparedBatch) -> list[Record]:
-        records = await self.committer.record(batch)
+        # Shielded: the write goes on when the client has its answer, so that a retry
+        # with the same ids finds it recorded rather than racing it.
+        try:
+            records = await asyncio.wait_for(
+                asyncio.shield(self.committer.record(batch)), self.settings.write_timeout_seconds
+            )
+        except TimeoutError:
+            raise WriteTimeoutError(self.settings.write_timeout_seconds) from None
         if self.worker is not None:
             self.worker.nudge()
         return records

@@ -3,9 +3,12 @@ status``, ``vigil rebuild``, ``vigil followers resume|replay``."""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -19,6 +22,7 @@ from api.runtime import tuned_for_service
 from api.settings import Settings
 from audit_core import Ledger
 from audit_core.followers import (
+    Backoff,
     Follower,
     FollowerRunner,
     FollowerStore,
@@ -27,6 +31,8 @@ from audit_core.followers import (
     follower_status,
     open_store,
 )
+
+log = logging.getLogger(__name__)
 
 followers_app = typer.Typer(help="Inspect and steer the ledger's followers.")
 
@@ -74,6 +80,53 @@ def run_worker(only: list[str] | None = None, parent_pid: int | None = None) -> 
                         break
             finally:
                 worker.stop()
+
+
+class WorkerSupervisor:
+    """Keeps a follower worker process running beside ``vigil serve``: one that dies
+    (killed, out of memory) is started again after a capped, growing delay."""
+
+    def __init__(self, parent_pid: int, backoff: Backoff | None = None):
+        self._parent_pid = parent_pid
+        self._backoff = backoff or Backoff(base=0.5, cap=30.0)
+        self._stopping = threading.Event()
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._thread = threading.Thread(target=self._supervise, name="vigil-supervisor")
+        self._thread.daemon = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            process = multiprocessing.get_context("spawn").Process(
+                target=run_worker, args=(None, self._parent_pid), name="vigil-worker"
+            )
+            process.daemon = True
+            process.start()
+            self._process = process
+            started = time.monotonic()
+            process.join()
+            if self._stopping.is_set():
+                return
+            # A worker that ran a while before dying starts again at once.
+            failures = 1 if time.monotonic() - started > 60 else failures + 1
+            delay = self._backoff.delay(failures - 1)
+            log.error(
+                "follower worker exited with code %s; starting it again in %.1f s",
+                process.exitcode,
+                delay,
+            )
+            self._stopping.wait(delay)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.is_alive():
+            process.terminate()
+            process.join(timeout=15)
+        self._thread.join(timeout=15)
 
 
 OnlyOption = Annotated[

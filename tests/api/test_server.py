@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -102,3 +107,82 @@ def test_a_forwarded_address_counts_only_from_a_trusted_proxy(
             headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.9"},
         )
     assert answer.status_code == status, answer.text
+
+
+def _workers(pid: int) -> list[int]:
+    """The follower worker processes that ``pid`` started (Linux /proc), not the
+    resource tracker that multiprocessing starts beside them."""
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            for child in children.read().split():
+                with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as cmd:
+                    if b"resource_tracker" not in cmd.read():
+                        found.append(int(child))
+    return found
+
+
+def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return value
+
+
+def test_vigil_serve_starts_its_follower_worker_again_when_it_dies(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    keys = KeyStore(sqlite_store.settings().ledger_env())
+    _, token = keys.create("acme", ["ingest", "analyst"])
+    keys.close()
+    env = {
+        **os.environ,
+        "VIGIL_DATABASE_URL": sqlite_store.url,
+        "VIGIL_PORT": str(port),
+        "VIGIL_READMODEL_POLL_SECONDS": "0.05",
+    }
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "vigil"), "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def indexed(count: int) -> bool:
+        # Filtered: each query is itself recorded (audit.query).
+        query = {"action": "conversation.assign"}
+        response = httpx.get(f"{url}/v1/events", params=query, headers=headers, timeout=5)
+        return response.status_code == 200 and len(response.json()["items"]) == count
+
+    try:
+        _wait_for(lambda: _reachable(url), "vigil serve never answered")
+        [worker] = _wait_for(lambda: _workers(serve.pid), "no follower worker started")
+        httpx.post(f"{url}/v1/events", json=audit_events(3), headers=headers, timeout=10)
+        _wait_for(lambda: indexed(3), "the read model never caught up")
+
+        os.kill(worker, signal.SIGKILL)
+        replacement = _wait_for(
+            lambda: [pid for pid in _workers(serve.pid) if pid != worker],
+            "the follower worker was not started again",
+        )
+        assert len(replacement) == 1
+        httpx.post(f"{url}/v1/events", json=audit_event("later"), headers=headers, timeout=10)
+        _wait_for(lambda: indexed(4), "the new worker never caught up")
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

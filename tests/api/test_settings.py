@@ -127,3 +127,35 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     )
     with pytest.raises(ValueError, match=r"'proxy\.internal' is not an IP address or network"):
         Settings(trusted_proxies="10.0.0.1,proxy.internal")
+
+
+def test_the_configuration_reference_in_docs_is_the_one_the_settings_make() -> None:
+    from pathlib import Path
+
+    from api.settings import settings_reference
+
+    documented = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert documented.read_text(encoding="utf-8") == settings_reference(), (
+        "docs/configuration.md is stale: run `vigil config --reference > docs/configuration.md`"
+    )
+
+
+def test_vigil_config_prints_the_settings_in_effect_with_secrets_masked() -> None:
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    key = "c2VjcmV0LWtleS1vZi0zMi1ieXRlcy0tLS0tLS0tLS0="
+    result = CliRunner().invoke(
+        app,
+        ["config"],
+        env={
+            "VIGIL_DATABASE_URL": "postgresql://vigil:hunter2@db.example/vigil",
+            "VIGIL_ENCRYPTION_KEY": key,
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert "VIGIL_DATABASE_URL=postgresql://vigil:***@db.example/vigil" in result.stdout
+    assert "VIGIL_ENCRYPTION_KEY=***" in result.stdout
+    assert "hunter2" not in result.stdout
+    assert key not in result.stdout
