@@ -110,7 +110,8 @@ class MessageBuilder:
     def message(self, record: dict[str, Any]) -> dict[str, Any]:
         """The message of a record as the ledger returns it (with ``hash``)."""
         redacted: list[str] = []
-        body = {key: value for key, value in record.items() if key != "hash"}
+        body = dict(record)
+        del body["hash"]
         if self._sensitive_names or self._sensitive_paths:
             for field in ("metadata", "changes"):
                 if body.get(field):
@@ -197,9 +198,20 @@ def meta_fields(
     """
     used = {*taken, OMITTED}
     fields: dict[str, Any] = {}
+    # Fast path, for nearly every event: the natural names, if none of them clashes,
+    # none is too long and the budget holds them all (then order changes nothing).
+    for name, value in _natural(metadata, META_PREFIX[:-1]):
+        if name in used or len(name) > MAX_FIELD_NAME or len(fields) >= limit:
+            break
+        used.add(name)
+        fields[name] = value
+    else:
+        return fields, 0
+    used = {*taken, OMITTED}
+    fields = {}
     leaves = sorted(_leaves(metadata, ()), key=lambda leaf: leaf[0])
     for path, value in leaves[:limit]:
-        name = META_PREFIX + "_".join(_UNSAFE.sub("_", part) or "_" for part in path)
+        name = META_PREFIX + "_".join(_safe(part) for part in path)
         if len(name) > MAX_FIELD_NAME or name in used:
             digest = hashlib.sha256(orjson.dumps(path)).hexdigest()
             length = _DIGEST_LENGTH
@@ -213,6 +225,33 @@ def meta_fields(
         used.add(name)
         fields[name] = value
     return fields, max(0, len(leaves) - limit)
+
+
+_SAFE: dict[str, str] = {}
+"""Path components as field names: metadata keys repeat from event to event."""
+
+
+def _safe(key: str) -> str:
+    safe = _SAFE.get(key)
+    if safe is None:
+        if len(_SAFE) > 10_000:
+            _SAFE.clear()
+        safe = _SAFE[key] = _UNSAFE.sub("_", key) or "_"
+    return safe
+
+
+def _natural(value: dict[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    """(natural field name, value) of each leaf, in the metadata's own order."""
+    for key, item in value.items():
+        name = f"{prefix}_{_SAFE.get(key) or _safe(key)}"
+        if type(item) is dict:
+            yield from _natural(item, name)
+        elif type(item) is list:
+            yield name, canonical_bytes(item).decode()
+        elif type(item) is bool:
+            yield name, "true" if item else "false"
+        elif item is not None:
+            yield name, item
 
 
 def _leaves(value: dict[str, Any], path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:

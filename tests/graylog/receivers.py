@@ -64,9 +64,11 @@ class Receiver:
 class TcpReceiver(Receiver):
     """A GELF TCP input (null-byte framed), with TLS when given a server context."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None):
+    def __init__(self, tls: ssl.SSLContext | None = None, read_delay: float = 0.0):
         super().__init__()
         self.tls = tls
+        self.read_delay = read_delay
+        """Pause after each read of at most 4 KiB: a slow input, to throttle the sender."""
         self.connections_accepted = 0
         self.handshakes_refused = 0
         self._listener: socket.socket | None = None
@@ -102,7 +104,9 @@ class TcpReceiver(Receiver):
                     self.handshakes_refused += 1
                     raise
                 self._open.append(connection)
-            while data := connection.recv(1 << 20):
+            size = 4096 if self.read_delay else 1 << 20
+            while data := connection.recv(size):
+                time.sleep(self.read_delay)
                 frames = (buffer + data).split(b"\x00")
                 buffer = frames.pop()
                 self._received(data, [orjson.loads(frame) for frame in frames if frame])
