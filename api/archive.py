@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.settings import Settings
+from api.transparency import load_signer, trusted_keys
 from audit_core import Ledger
 from audit_core.archive.checkpoints import TransparencyAttestor
 from audit_core.archive.digests import LogKeys
@@ -14,7 +15,7 @@ from audit_core.archive.follower import ArchiveFollower
 from audit_core.archive.s3 import ArchiveBucket, BucketSettings
 from audit_core.archive.writer import ArchiveWriter
 from audit_core.followers import Follower, FollowerStore
-from audit_core.transparency.note import Signer, Verifier, parse_vkeys
+from audit_core.transparency.note import Verifier, parse_vkeys
 from audit_core.transparency.store import tree_store_class
 
 
@@ -41,15 +42,14 @@ def bucket_settings(settings: Settings) -> BucketSettings:
 
 
 def log_keys(settings: Settings, extra: list[str] | None = None) -> LogKeys:
-    """The log's signing key (if configured) and every trusted verifier key: the
-    configured earlier ones and ``extra`` (vkeys, or files holding them)."""
-    signer = Signer.from_file(settings.signing_key_file) if settings.signing_key_file else None
-    verifiers: list[Verifier] = parse_vkeys(settings.verifier_keys)
+    """The log's signing key and trusted verifier keys, read as the transparency log
+    reads them, plus ``extra`` (vkeys, or files holding them)."""
+    verifiers: list[Verifier] = trusted_keys(settings)
     for item in extra or []:
         path = Path(item)
         text = path.read_text(encoding="utf-8") if "+" not in item and path.exists() else item
         verifiers += parse_vkeys(text)
-    return LogKeys(settings.log_origin, signer, verifiers)
+    return LogKeys(settings.log_origin, load_signer(settings), verifiers)
 
 
 def build_archivers(settings: Settings, ledger: Ledger, store: FollowerStore) -> list[Follower]:
