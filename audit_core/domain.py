@@ -16,6 +16,7 @@ from typing import Any
 from eventsourcing.domain import Aggregate, event
 
 from audit_core.canonical import GENESIS_HASH, canonical_bytes
+from audit_core.record import SERVER_FIELDS
 from audit_core.schema import format_timestamp
 
 _TENANT_NAMESPACE = uuid.UUID("6f1d8a4e-2b7c-5e0a-9c3d-7a1b2c3d4e5f")
@@ -24,10 +25,6 @@ _TENANT_NAMESPACE = uuid.UUID("6f1d8a4e-2b7c-5e0a-9c3d-7a1b2c3d4e5f")
 def tenant_log_id(tenant: str) -> uuid.UUID:
     """Stable aggregate id of a tenant's log, so any process finds it without a lookup."""
     return uuid.uuid5(_TENANT_NAMESPACE, tenant)
-
-
-SERVER_FIELDS = frozenset(("tenant", "seq", "received_at", "prev_hash", "hash"))
-"""Fields the ledger adds to what a client sent."""
 
 
 def client_content(record: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationE
 from typing_extensions import TypedDict
 
 from audit_core.exceptions import FieldProblem, InvalidEventError
+from audit_core.record import client_content
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$"
@@ -302,27 +303,22 @@ def normalise(
         ) from None
     actor = event["actor"]
     target = event.get("target")
-    # Every field present, null where absent: one shape for every stored record.
-    content: dict[str, Any] = {
-        "id": event.get("id") or str(uuid.uuid4()),
-        "occurred_at": event["occurred_at"],
-        "actor": {
-            "id": actor["id"],
-            "type": actor.get("type", "user"),
-            "ip": actor.get("ip"),
-            "user_agent": actor.get("user_agent"),
-            "session_id": actor.get("session_id"),
-        },
-        "action": event["action"],
-        "target": None
-        if target is None
-        else {"type": target["type"], "id": target["id"], "name": target.get("name")},
-        "outcome": event["outcome"],
-        "source": event["source"],
-        "request_id": event.get("request_id"),
-        "metadata": event.get("metadata", {}),
-        "changes": event.get("changes", {}),
-    }
+    content = client_content(
+        event_id=event.get("id") or str(uuid.uuid4()),
+        occurred_at=event["occurred_at"],
+        actor_id=actor["id"],
+        actor_type=actor.get("type", "user"),
+        actor_ip=actor.get("ip"),
+        user_agent=actor.get("user_agent"),
+        session_id=actor.get("session_id"),
+        action=event["action"],
+        target=None if target is None else (target["type"], target["id"], target.get("name")),
+        outcome=event["outcome"],
+        source=event["source"],
+        request_id=event.get("request_id"),
+        metadata=event.get("metadata", {}),
+        changes=event.get("changes", {}),
+    )
     return content, _checked(content, event.get("tenant"), index, tenant, now, limits)
 
 
@@ -538,26 +534,24 @@ def _content_of_decoded(event: _Event) -> dict[str, Any]:
         and (event.tenant is None or event.tenant is _UNSET or _TENANT.fullmatch(event.tenant))
     ):
         raise ValueError("a field does not match its pattern")
-    return {
-        "id": event.id or str(uuid.uuid4()),
-        "occurred_at": event.occurred_at,
-        "actor": {
-            "id": actor.id,
-            "type": actor_type,
-            "ip": None if actor.ip is _UNSET else _canonical_ip(actor.ip),
-            "user_agent": _or(actor.user_agent, None),
-            "session_id": _or(actor.session_id, None),
-        },
-        "action": event.action,
-        "target": None
+    return client_content(
+        event_id=event.id or str(uuid.uuid4()),
+        occurred_at=event.occurred_at,
+        actor_id=actor.id,
+        actor_type=actor_type,
+        actor_ip=None if actor.ip is _UNSET else _canonical_ip(actor.ip),
+        user_agent=_or(actor.user_agent, None),
+        session_id=_or(actor.session_id, None),
+        action=event.action,
+        target=None
         if target is None or target is _UNSET
-        else {"type": target.type, "id": target.id, "name": _or(target.name, None)},
-        "outcome": event.outcome,
-        "source": event.source,
-        "request_id": _or(event.request_id, None),
-        "metadata": {} if event.metadata is _UNSET else event.metadata,
-        "changes": {} if event.changes is _UNSET else event.changes,
-    }
+        else (target.type, target.id, _or(target.name, None)),
+        outcome=event.outcome,
+        source=event.source,
+        request_id=_or(event.request_id, None),
+        metadata={} if event.metadata is _UNSET else event.metadata,
+        changes={} if event.changes is _UNSET else event.changes,
+    )
 
 
 def normalise_json(

@@ -33,7 +33,8 @@ from api.schemas import ERRORS, AuditRecord, ErrorBody, RecordBatch, RecordPage
 from api.services import Services
 from audit_core import PreparedBatch
 from audit_core.exceptions import FieldProblem, InvalidEventError, LedgerError
-from audit_core.readmodel import InvalidQueryError, TrailQuery, decode_cursor
+from audit_core.readmodel import InvalidQueryError, TrailQuery, address_filter, decode_cursor
+from audit_core.record import flat_columns, flat_values
 from audit_core.schema import (
     ACTION_PATTERN,
     Outcome,
@@ -183,9 +184,25 @@ async def trail_filters(
     until: Annotated[str | None, Query(description="occurred_at before this instant.")] = None,
     q: Annotated[
         str | None,
-        Query(min_length=1, max_length=256, description="Text found anywhere in metadata."),
+        Query(
+            min_length=1,
+            max_length=256,
+            description="Text found in a metadata value, whatever its case; with "
+            "VIGIL_ENCRYPTION_KEY set, whole words only (a part of a word finds nothing).",
+        ),
     ] = None,
     order: Literal["desc", "asc"] = "desc",
+    actor_ip: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="The actor's address (`203.0.113.7`), or a network it is in "
+            "(`203.0.113.0/24`, `2001:db8::/32`). A network is refused (422) when "
+            "VIGIL_ENCRYPTION_KEY is set.",
+        ),
+    ] = None,
+    session_id: Annotated[str | None, Query(max_length=256, description="actor.session_id")] = None,
+    request_id: Annotated[str | None, Query(max_length=256)] = None,
 ) -> TrailQuery:
     is_prefix = action is not None and action.endswith(".*")
     if action is not None and not is_prefix and not re.fullmatch(ACTION_PATTERN, action):
@@ -194,6 +211,9 @@ async def trail_filters(
     if since_ts and until_ts and since_ts >= until_ts:
         raise InvalidQueryError("until", "must be later than since")
     return TrailQuery(
+        actor_ip=None if actor_ip is None else address_filter(actor_ip),
+        session_id=session_id,
+        request_id=request_id,
         tenant="",
         actor_id=actor_id,
         action=action,
@@ -242,11 +262,7 @@ async def query_events(
     return _json(orjson.dumps({"items": records, "next_cursor": next_cursor}))
 
 
-CSV_COLUMNS = (
-    "tenant", "seq", "id", "occurred_at", "received_at", "actor_id", "actor_type",
-    "actor_ip", "actor_user_agent", "actor_session_id", "action", "target_type", "target_id",
-    "target_name", "outcome", "source", "request_id", "metadata", "changes", "prev_hash", "hash",
-)  # fmt: skip
+CSV_COLUMNS = flat_columns()
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -262,21 +278,12 @@ def _cell(value: Any) -> Any:
 
 
 def _csv_row(record: dict[str, Any]) -> list[Any]:
-    actor = record["actor"]
-    target = record.get("target") or {}
     return [
-        _cell(value)
-        for value in (
-            record["tenant"], record["seq"], record["id"], record["occurred_at"],
-            record["received_at"], actor["id"], actor.get("type"), actor.get("ip"),
-            actor.get("user_agent"), actor.get("session_id"), record["action"],
-            target.get("type"), target.get("id"), target.get("name"), record["outcome"],
-            record["source"], record.get("request_id"),
-            orjson.dumps(record.get("metadata", {}), option=orjson.OPT_SORT_KEYS).decode(),
-            orjson.dumps(record.get("changes", {}), option=orjson.OPT_SORT_KEYS).decode(),
-            record["prev_hash"], record["hash"],
-        )
-    ]  # fmt: skip
+        _cell(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+        if isinstance(value, dict)
+        else _cell(value)
+        for value in flat_values(record)
+    ]
 
 
 class _Tally:
