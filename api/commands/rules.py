@@ -15,7 +15,15 @@ from api.cli import _progress, err, fail, load_settings, open_ledger, out
 from api.settings import Settings
 from audit_core import Ledger
 from incident.detector import Detection, Detector, MemoryIncidentSink
-from incident.rules import Rule, RuleError, RuleSetError, load_rule, load_rules, parse_time
+from incident.rules import (
+    Rule,
+    RuleError,
+    RuleSetError,
+    duration_seconds,
+    load_rule,
+    load_rules,
+    parse_time,
+)
 
 rules_app = typer.Typer(help="Check detection rules and try them on the recorded trail.")
 
@@ -91,6 +99,21 @@ def _moment(text: str, option: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _warm_up(text: str | None, rules: list[Rule]) -> timedelta:
+    if text == "all":
+        return timedelta(days=365 * 1000)
+    if text is not None:
+        try:
+            return duration_seconds(text)
+        except ValueError as error:
+            fail(f"--warm-up: {error}, or 'all'", 2)
+    longest = max(
+        (max(r.correlation.timespan, r.correlation.learning) for r in rules if r.correlation),
+        default=0.0,
+    )
+    return timedelta(seconds=longest)
+
+
 def _first_seq_received_after(ledger: Ledger, tenant: str, moment: datetime) -> int:
     """The first seq recorded at or after ``moment`` (the ledger assigns received_at in
     seq order), by bisection; a record that occurred after ``moment`` cannot have been
@@ -142,33 +165,50 @@ def try_rules(
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per incident.")
     ] = False,
+    warm_up: Annotated[
+        str | None,
+        typer.Option(
+            help="Also read this long before --since (30m, 7d, or 'all') to fill windows "
+            "and learnt values, reporting nothing from it; default: the rules' longest "
+            "window or learning period."
+        ),
+    ] = None,
 ) -> None:
     """Run rules over the recorded trail and print the incidents they would open.
 
-    Nothing is written: no incident, no state, no position. Windows start empty at
-    --since, so a correlation needs its whole window inside the range to fire."""
+    Nothing is written: no incident, no state, no position. Records from --warm-up
+    before --since only fill the rules' windows and what they learn (who holds an
+    e-mail address, which networks a token uses)."""
     rules = _load(path)
     start = _moment(since, "--since")
     end = _moment(until, "--until") if until else None
+    read_from = start - _warm_up(warm_up, rules)
     with open_ledger() as ledger:
         names = tenant or ledger.tenants()
         sink = MemoryIncidentSink()
         detector = Detector(rules)
         read = selected = 0
         detections: list[Detection] = []
+        reported = start.timestamp()
+
+        def process(batch: list[dict[str, Any]]) -> None:
+            found = detector.process(batch)
+            detections.extend(d for d in found if parse_time(d.last_at) >= reported)
+
         with _progress() as progress:
             task = progress.add_task("reading the trail", total=None)
             for name in names:
                 batch: list[dict[str, Any]] = []
-                for record in _records(ledger, name, start, end):
-                    read += 1
-                    selected += any(rule.matches(record) for rule in rules)
+                for record in _records(ledger, name, read_from, end):
+                    if parse_time(record["occurred_at"]) >= reported:
+                        read += 1
+                        selected += any(rule.matches(record) for rule in rules)
                     batch.append(record)
                     if len(batch) == 1000:
-                        detections += detector.process(batch)
+                        process(batch)
                         progress.advance(task, len(batch))
                         batch = []
-                detections += detector.process(batch)
+                process(batch)
                 progress.advance(task, len(batch))
         sink.open_or_attach(detections, detector.take_changes(), None)
         wanted: dict[str, set[int]] = {}

@@ -121,3 +121,37 @@ def test_test_refuses_a_bad_since(sqlite_store: SQLiteStore) -> None:
     )
     assert result.exit_code == 2
     assert "--since 'soon': give a time" in result.stderr
+
+
+def test_warm_up_fills_what_rules_learn_before_since_without_reporting_it(
+    sqlite_store: SQLiteStore,
+) -> None:
+    ledger = sqlite_store.open_ledger()
+    tenant = Tenant.make("acme", users=30)
+    ledger.record("acme", tenant.directory(datetime(2026, 11, 1, 6, 0, tzinfo=UTC)))
+    # 25 attempts from 23:57:00 to 00:01:00, seven of them after midnight.
+    late = datetime(2026, 11, 16, 23, 57, tzinfo=UTC)
+    attempts = ledger.record("acme", tenant.brute_force(late, tenant.users[1], attempts=25))
+    [claim] = ledger.record(
+        "acme", tenant.identity_takeover(ATTACK_AT, tenant.users[5], tenant.users[6])
+    )
+    rules = str(RULES)
+
+    def incidents(*options: str) -> list[dict[str, object]]:
+        result = vigil(
+            sqlite_store, "rules", "test", rules, "--since", "2026-11-17", "--json", *options
+        )
+        assert result.exit_code == 0, result.output
+        return [orjson.loads(line) for line in result.stdout.splitlines()]
+
+    # By default the longest window (here a day) is read first: the brute force that
+    # began before --since crossed its threshold there, and is reported from midnight.
+    by_default = incidents()
+    assert [i["rule"] for i in by_default] == ["brute-force-login"]
+    # Who holds which e-mail address was learnt from the directory, weeks before.
+    everything = incidents("--warm-up", "all")
+    assert [i["rule"] for i in everything] == ["brute-force-login", "identity-attribute-takeover"]
+    assert everything[1]["evidence"] == [{"seq": claim["seq"], "hash": claim["hash"]}]
+    assert [e["seq"] for e in by_default[0]["evidence"]] == [r["seq"] for r in attempts[-7:]]
+    # Without the records before midnight, seven attempts are not enough.
+    assert incidents("--warm-up", "1s") == []
