@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from typer.testing import CliRunner, Result
@@ -137,7 +138,7 @@ def test_warm_up_fills_what_rules_learn_before_since_without_reporting_it(
     )
     rules = str(RULES)
 
-    def incidents(*options: str) -> list[dict[str, object]]:
+    def incidents(*options: str) -> list[dict[str, Any]]:
         result = vigil(
             sqlite_store, "rules", "test", rules, "--since", "2026-11-17", "--json", *options
         )
