@@ -18,6 +18,7 @@ otherwise opening an incident could match a rule and open another.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import uuid
 from abc import ABC, abstractmethod
@@ -196,8 +197,16 @@ class Detector:
     from it exactly as if it had never stopped.
     """
 
-    def __init__(self, rules: Sequence[Rule], state: Mapping[StateKey, Any] | None = None):
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        state: Mapping[StateKey, Any] | None = None,
+        secret: bytes = b"",
+    ):
         self.rules = list(rules)
+        # Attribute values (e-mail addresses, phone numbers) are remembered as keyed
+        # digests: equality is all a value_claimed rule needs of them.
+        self._secret = hashlib.blake2b(secret, digest_size=32, person=b"vigil-detect").digest()
         ids = [rule.id for rule in self.rules]
         if len(set(ids)) != len(ids):
             raise ValueError("two rules share an id")
@@ -470,7 +479,8 @@ class Detector:
                     break
             if not present:
                 continue
-            value = None if found is None else _scalar_text(found).strip().casefold()
+            text = None if found is None else _scalar_text(found).strip().casefold()
+            value = self._digest(text) if text else None
             holder = None
             if value:
                 holder = self._get((rule.id, tenant, f"value\x1f{attribute}\x1f{value}"))
@@ -487,6 +497,9 @@ class Detector:
             if learns:
                 self._learn(rule.id, tenant, attribute, owner, value or None)
         return detection
+
+    def _digest(self, text: str) -> str:
+        return hashlib.blake2b(text.encode(), key=self._secret, digest_size=16).hexdigest()
 
     def _learn(
         self, rule_id: str, tenant: str, attribute: str, owner: str, value: str | None

@@ -275,7 +275,10 @@ class DetectorFollower(View):
         self.rules = list(rules)
         self.sink = IncidentsSink(incidents)
         self.tracking = incidents.process_recorder
-        self.detector = Detector(self.rules, self.sink.load_state())
+        # Keyed with the storage cipher's key when there is one, like the ledger's index
+        # of event ids, so that the state table does not reveal the values it compares.
+        self.secret = (incidents.env.get("CIPHER_KEY") or "").encode()
+        self.detector = Detector(self.rules, self.sink.load_state(), self.secret)
 
     @classmethod
     def open(
@@ -297,7 +300,7 @@ class DetectorFollower(View):
             raise
 
     def reload(self) -> None:
-        self.detector = Detector(self.rules, self.sink.load_state())
+        self.detector = Detector(self.rules, self.sink.load_state(), self.secret)
 
     def handle(self, page: Page) -> None:
         records = page.records

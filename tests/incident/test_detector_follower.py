@@ -18,7 +18,7 @@ from audit_core.followers import FollowerRunner, FollowerStore, Page, open_store
 from incident.application import Incidents
 from incident.detector import Detector
 from incident.domain import Actor
-from incident.follower import FOLLOWER_NAME, DetectorFollower
+from incident.follower import FOLLOWER_NAME, STATE_TABLE, DetectorFollower
 from incident.rules import Rule, load_rules
 from incident.runbooks import RunbookCatalogue
 from incident.simulation import Event, Tenant
@@ -221,3 +221,20 @@ def test_a_detection_the_incidents_refuse_stops_the_detector_at_its_record(
     assert follower.position() == tenth - 1
     assert deployment.listed() == []
     assert attack
+
+
+def test_the_state_table_keeps_no_attribute_value_in_clear(
+    store: Store, deployment: Deployment
+) -> None:
+    tenant = deployment.tenant
+    victim = tenant.users[11]
+    deployment.record(tenant.directory(datetime(2026, 11, 1, tzinfo=UTC)))
+    deployment.record(tenant.identity_takeover(ATTACK_AT, tenant.users[10], victim))
+    deployment.runner(deployment.follower()).drain()
+    [incident] = deployment.listed()
+    assert incident["rule"] == "identity-attribute-takeover"
+    table = STATE_TABLE if store.name == "sqlite" else f'"{store.schema}".{STATE_TABLE}'  # type: ignore[attr-defined]
+    cells = store.cells(table)
+    assert cells, "the detector keeps who holds what"
+    for secret in (victim.email, victim.phone, victim.external_account_id):
+        assert secret.encode() not in cells
