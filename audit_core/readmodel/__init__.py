@@ -14,6 +14,7 @@ from audit_core.readmodel.query import (
     Order,
     SeqPage,
     TrailQuery,
+    address_filter,
     decode_cursor,
     encode_cursor,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "SeqPage",
     "TrailQuery",
     "TrailView",
+    "address_filter",
     "close_view",
     "decode_cursor",
     "encode_cursor",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from audit_core.exceptions import LedgerError
 from audit_core.readmodel.blind import BlindIndex
-from audit_core.readmodel.rows import tenant_key
+from audit_core.readmodel.rows import packed_address, tenant_key
 
 Order = Literal["desc", "asc"]
 
@@ -37,6 +39,10 @@ class TrailQuery:
     """occurred_at >= since (normalised RFC 3339, UTC ``Z``)."""
     until: str | None = None
     """occurred_at < until."""
+    actor_ip: str | None = None
+    """An address, or a network in CIDR notation (``network``)."""
+    session_id: str | None = None
+    request_id: str | None = None
     text: str | None = None
     """Case-insensitive substring of a metadata value; whole words when the read model
     is keyed (``blinded``)."""
@@ -47,7 +53,10 @@ class TrailQuery:
 
     def filters(self) -> dict[str, Any]:
         """The filters as given, for the audit event that records the query."""
-        names = ("actor_id", "action", "target_type", "target_id", "outcome", "source")
+        names = (
+            "actor_id", "action", "target_type", "target_id", "outcome", "source",
+            "actor_ip", "session_id", "request_id",
+        )  # fmt: skip
         shown: dict[str, Any] = {n: getattr(self, n) for n in names if getattr(self, n)}
         for name in ("since", "until", "text"):
             if getattr(self, name):
@@ -56,14 +65,48 @@ class TrailQuery:
         return shown
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network(value: str) -> Network:
+    """The network an ``actor_ip`` filter names: an address alone is a network of one.
+    Host bits after the prefix are ignored (``10.1.2.3/8`` is ``10.0.0.0/8``)."""
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise InvalidQueryError(
+            "actor_ip",
+            f"{value!r} is not an IPv4 or IPv6 address or network (e.g. 203.0.113.7, "
+            "203.0.113.0/24, 2001:db8::/32)",
+        ) from None
+
+
+def address_filter(value: str) -> str:
+    """An ``actor_ip`` filter as the trail query holds it: an address, or a network
+    (``network``), canonical; a bad one is refused naming ``actor_ip``."""
+    net = network(value)
+    return str(net.network_address) if net.num_addresses == 1 else str(net)
+
+
 def blinded(query: TrailQuery, blind: BlindIndex) -> TrailQuery:
     """``query`` with its identifiers and words as the keyed read model holds them."""
     tenant = query.tenant
     changes: dict[str, Any] = {}
-    for name in ("actor_id", "target_id"):
+    for name in ("actor_id", "target_id", "session_id", "request_id"):
         value = getattr(query, name)
         if value is not None:
             changes[name] = blind.value(tenant, name, value)
+    if query.actor_ip is not None:
+        net = network(query.actor_ip)
+        if net.num_addresses > 1:
+            raise InvalidQueryError(
+                "actor_ip",
+                f"{query.actor_ip!r} is a network; with VIGIL_ENCRYPTION_KEY set, the read "
+                "model holds a keyed hash of each address, not the address, so only a "
+                "single address can be searched for",
+            )
+        packed = packed_address(str(net.network_address))
+        changes["actor_ip"] = blind.value(tenant, "actor_ip", packed.hex())
     if query.text:
         phrase = blind.phrase(tenant, query.text)
         if phrase is None:
@@ -93,15 +136,38 @@ def decode_cursor(cursor: str, order: Order) -> int:
     return position
 
 
-def _where(query: TrailQuery) -> tuple[str, list[Any]]:
-    """WHERE clause with ``?`` placeholders; wildcards travel as parameters, never as SQL."""
+Address = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], Any]
+"""An address as a database compares it (``SQLiteTrailView``, ``PostgresTrailView``)."""
+
+
+def _where(query: TrailQuery, address: Address | None = None) -> tuple[str, list[Any]]:
+    """WHERE clause with ``?`` placeholders; wildcards travel as parameters, never as SQL.
+    ``address`` puts the ``actor_ip`` filter in the database's form; without it, the
+    filter is a keyed hash (``blinded``), compared as it is."""
     clauses = ["tenant_key = ?", "tenant = ?"]
     params: list[Any] = [tenant_key(query.tenant), query.tenant]
-    for column in ("actor_id", "target_type", "target_id", "outcome", "source"):
+    for column in (
+        "actor_id", "target_type", "target_id", "outcome", "source", "session_id", "request_id",
+    ):  # fmt: skip
         value = getattr(query, column)
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if query.actor_ip is not None:
+        if address is None:
+            clauses.append("actor_ip = ?")
+            params.append(query.actor_ip)
+        else:
+            # A network is the range of its addresses, which the (tenant, address)
+            # index serves; an address alone is a range of one.
+            net = network(query.actor_ip)
+            first, last = net.network_address, net.broadcast_address
+            if first == last:
+                clauses.append("actor_ip = ?")
+                params.append(address(first))
+            else:
+                clauses.append("actor_ip BETWEEN ? AND ?")
+                params += [address(first), address(last)]
     if query.action is not None:
         if query.action.endswith("*"):
             # On SQLite, the action's first segment has its own (action_ns) index,

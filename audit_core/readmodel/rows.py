@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import socket
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -16,10 +17,24 @@ from audit_core.readmodel.blind import BlindIndex
 
 _COLUMNS = (
     "tenant, seq, occurred_at, actor_id, action, action_ns, target_type, target_id, "
-    "outcome, source, search, tenant_key"
+    "outcome, source, search, tenant_key, session_id, request_id, actor_ip"
 )
 _WIDTH = len(_COLUMNS.split(","))
-Row = tuple[str, int, str, str, str, str, str | None, str | None, str, str, str, int]
+Row = tuple[
+    str, int, str, str, str, str, str | None, str | None, str, str, str, int,
+    str | None, str | None, str | None,
+]  # fmt: skip
+"""The columns of ``_COLUMNS``. ``actor_ip`` comes last: each database stores it in a
+form of its own (``packed_address``, ``inet``), put in its place as the row is written."""
+
+
+@functools.lru_cache(maxsize=65_536)
+def packed_address(address: str) -> bytes:
+    """An address as 1 byte of family (4 or 6) and its bytes in network order: bytes
+    compare as the addresses do, so a network is a range (how SQLite searches one)."""
+    if ":" in address:
+        return b"\x06" + socket.inet_pton(socket.AF_INET6, address)
+    return b"\x04" + socket.inet_pton(socket.AF_INET, address)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -48,6 +63,9 @@ def to_row(record: Record, blind: BlindIndex | None = None) -> Row:
         record["outcome"],
         record["source"],
         record.get("metadata") or {},
+        record["actor"].get("session_id"),
+        record.get("request_id"),
+        record["actor"].get("ip"),
     )
 
 
@@ -63,6 +81,9 @@ def _row(
     outcome: str,
     source: str,
     metadata: dict[str, Any],
+    session_id: str | None,
+    request_id: str | None,
+    actor_ip: str | None,
 ) -> Row:
     namespace = action.split(".", 1)[0]
     search = search_text(metadata)
@@ -71,6 +92,12 @@ def _row(
         if target_id is not None:
             target_id = blind.value(tenant, "target_id", target_id)
         search = blind.search(tenant, search)
+        if session_id is not None:
+            session_id = blind.value(tenant, "session_id", session_id)
+        if request_id is not None:
+            request_id = blind.value(tenant, "request_id", request_id)
+        if actor_ip is not None:
+            actor_ip = blind.value(tenant, "actor_ip", packed_address(actor_ip).hex())
     return (
         tenant,
         seq,
@@ -84,11 +111,16 @@ def _row(
         source,
         search,
         tenant_key(tenant),
+        session_id,
+        request_id,
+        actor_ip,
     )
 
 
 class _Actor(msgspec.Struct):
     id: str
+    ip: str | None = None
+    session_id: str | None = None
 
 
 class _Target(msgspec.Struct):
@@ -109,6 +141,7 @@ class _Indexed(msgspec.Struct):
     source: str
     target: _Target | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    request_id: str | None = None
 
 
 class _StoredRecord(msgspec.Struct):
@@ -144,6 +177,9 @@ def rows_of(
                 record.outcome,
                 record.source,
                 record.metadata,
+                record.actor.session_id,
+                record.request_id,
+                record.actor.ip,
             )
         )
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, get_args
@@ -16,6 +17,7 @@ from psycopg.sql import SQL, Identifier
 
 from audit_core.readmodel.blind import BlindIndex
 from audit_core.readmodel.query import (
+    Address,
     SeqPage,
     TrailQuery,
     _like_pattern,
@@ -23,10 +25,17 @@ from audit_core.readmodel.query import (
     _where,
     blinded,
 )
-from audit_core.readmodel.rows import _COLUMNS, _WIDTH, Row, tenant_key, text_blocks
+from audit_core.readmodel.rows import (
+    _COLUMNS,
+    _WIDTH,
+    Row,
+    packed_address,
+    tenant_key,
+    text_blocks,
+)
 from audit_core.schema import Outcome, Source
 
-TABLE = "trail_index_v4"
+TABLE = "trail_index_v5"
 """The read model's table. Its name changes with its shape: a process that finds the
 previous one drops it, and the follower, seeing that the read model's shape is not the
 one its position was tracked for (``TrailView.shape``), rebuilds the new one from the
@@ -34,12 +43,14 @@ ledger's first event."""
 KEYED_TABLE = f"{TABLE}_keyed"
 """The read model's table when the ledger is encrypted: keyed hashes in place of the
 identifiers and words (``audit_core.readmodel.blind``)."""
-_PREVIOUS_TABLES = ("trail_index", "trail_index_v2", "trail_index_v3")
-TEXT_TABLE = "trail_text_v4"
+_PREVIOUS_TABLES = (
+    "trail_index", "trail_index_v2", "trail_index_v3", "trail_index_v4", "trail_index_v4_keyed",
+)  # fmt: skip
+TEXT_TABLE = "trail_text_v5"
 """On PostgreSQL, the text of blocks of consecutive rows, which the free text search
 reads first (``PostgresTrailView``)."""
 KEYED_TEXT_TABLE = f"{TEXT_TABLE}_keyed"
-_PREVIOUS_TEXT_TABLES = ("trail_text_v3",)
+_PREVIOUS_TEXT_TABLES = ("trail_text_v3", "trail_text_v4", "trail_text_v4_keyed")
 SHAPE_TABLE = "trail_shape"
 """Which shape of the read model (table and key) each follower's position was tracked
 for; ``TrailView.clear`` writes it with the emptied tables and the forgotten position."""
@@ -101,8 +112,14 @@ class TrailView(TrackingRecorder):
             query = blinded(query, self.blind)
         return self._query(query)
 
+    address: Address
+    """An address as this database compares it."""
+
+    def _where(self, query: TrailQuery) -> tuple[str, list[Any]]:
+        return _where(query, None if self.blind else self.address)
+
     def _query(self, query: TrailQuery) -> SeqPage:
-        where, params = _where(query)
+        where, params = self._where(query)
         direction = "DESC" if query.order == "desc" else "ASC"
         statement = f"SELECT seq FROM {self.table} WHERE {where} ORDER BY seq {direction} LIMIT ?"
         return _page(query, [row[0] for row in self._select(statement, [*params, query.limit + 1])])
@@ -145,6 +162,16 @@ _SQLITE_INDEXES = (
 serves them from fewer (``PostgresTrailView.query``), each costing every row 2 to 4 µs
 of insert time."""
 _POSTGRES_INDEXES = (("outcome_source", "tenant_key, outcome, source, seq"),)
+_INVESTIGATION_INDEXES = (
+    ("ip", "tenant_key, actor_ip, seq", "actor_ip"),
+    ("session", "tenant_key, session_id, seq", "session_id"),
+    ("request", "tenant_key, request_id, seq", "request_id"),
+)
+"""Partial: an event without an address, session or request costs these nothing. A
+query by one of them (``= ?`` or a range) implies the column is not null, so both
+databases use them; a network is a range of the address index, whose matches are then
+sorted by seq (a network with many matches costs a sort of them: the index leads with
+the address, not the time)."""
 _FAN_OUT = {"outcome": get_args(Outcome), "source": get_args(Source)}
 """The closed sets of outcomes and sources, over which a query by one of them is
 merged from the (outcome, source) index."""
@@ -167,19 +194,34 @@ class SQLiteTrailView(SQLiteTrackingRecorder, TrailView):
             "actor_id TEXT NOT NULL, action TEXT NOT NULL, action_ns TEXT NOT NULL, "
             "target_type TEXT, target_id TEXT, outcome TEXT NOT NULL, source TEXT NOT NULL, "
             "search TEXT NOT NULL, tenant_key INTEGER NOT NULL, "
+            "session_id TEXT, request_id TEXT, actor_ip BLOB, "
             "PRIMARY KEY (tenant, seq)) WITHOUT ROWID"
         )
         for name, columns in (*_INDEXES, *_SQLITE_INDEXES):
             statements.append(
                 f"CREATE INDEX IF NOT EXISTS {self.table}_{name} ON {self.table} ({columns})"
             )
+        for name, columns, column in _INVESTIGATION_INDEXES:
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {self.table}_{name} ON {self.table} ({columns}) "
+                f"WHERE {column} IS NOT NULL"
+            )
         return statements
 
+    @staticmethod
+    def address(value: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+        return (b"\x04" if value.version == 4 else b"\x06") + value.packed
+
     def project(self, rows: Sequence[Row], tracking: Tracking) -> None:
+        stored: Sequence[tuple[Any, ...]] = rows
+        if self.blind is None:
+            stored = [
+                row if row[-1] is None else (*row[:-1], packed_address(row[-1])) for row in rows
+            ]
         with self.datastore.transaction(commit=True) as c:
             c.executemany(
                 f"INSERT INTO {self.table} ({_COLUMNS}) VALUES ({','.join('?' * _WIDTH)})",
-                rows,
+                stored,
             )
             self._insert_tracking(c, tracking)
 
@@ -214,6 +256,22 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
 
     text_block_rows = 64
 
+    @property
+    def _address_type(self) -> str:
+        # In clear, an address is an inet (readable, and compared as an address); keyed,
+        # it is the text of its hash.
+        return 'text COLLATE "C"' if self.blind else "inet"
+
+    @property
+    def copy_types(self) -> list[str]:
+        """The types of ``_COLUMNS``, for a binary ``COPY`` of rows."""
+        address = "text" if self.blind else "inet"
+        return ["text", "int8", *["text"] * 9, "int8", "text", "text", address]
+
+    @staticmethod
+    def address(value: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Any:
+        return value  # psycopg sends it as an inet
+
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any):
         super().__init__(datastore, **kwargs)
         schema = Identifier(datastore.schema)
@@ -241,12 +299,20 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
                 f"actor_id {text} NOT NULL, action {text} NOT NULL, action_ns {text} NOT NULL, "
                 f"target_type {text}, target_id {text}, "
                 f"outcome {text} NOT NULL, source {text} NOT NULL, search text NOT NULL, "
-                "tenant_key bigint NOT NULL, PRIMARY KEY (tenant, seq))"
+                f"tenant_key bigint NOT NULL, session_id {text}, request_id {text}, "
+                f"actor_ip {self._address_type}, PRIMARY KEY (tenant, seq))"
             ).format(schema=schema, table=table)
         )
-        for name, columns in (*_INDEXES, *_POSTGRES_INDEXES):
+        indexes = [(name, columns, "") for name, columns in (*_INDEXES, *_POSTGRES_INDEXES)]
+        indexes += [
+            (name, columns, f" WHERE {column} IS NOT NULL")
+            for name, columns, column in _INVESTIGATION_INDEXES
+        ]
+        for name, columns, where in indexes:
             self.sql_create_statements.append(
-                SQL("CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} ({columns})").format(
+                SQL(
+                    "CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} ({columns})" + where
+                ).format(
                     index=Identifier(f"{self.table_name}_{name}"),
                     schema=schema,
                     table=table,
@@ -290,9 +356,13 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
             # the disk; the ledger's own commits always do.
             curs.execute("SET LOCAL synchronous_commit TO off")
             with curs.copy(self._copy) as copy:
-                copy.set_types(["text", "int8", *["text"] * (_WIDTH - 3), "int8"])
-                for row in rows:
-                    copy.write_row(row)
+                copy.set_types(self.copy_types)
+                if self.blind is None:
+                    for row in rows:
+                        copy.write_row(row if row[-1] is None else (*row[:-1], _inet(row[-1])))
+                else:
+                    for row in rows:
+                        copy.write_row(row)
             with curs.copy(self._copy_blocks) as copy:
                 copy.set_types(["int8", "text", "int8", "int8", "text"])
                 for block in text_blocks(rows, self.text_block_rows):
@@ -305,7 +375,10 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
         without an actor, action or target, from the blocks of text."""
         if query.action is not None and query.action.endswith("*"):
             return self._query_action_prefix(query)
-        others = (query.actor_id, query.action, query.target_type, query.target_id)
+        others = (
+            query.actor_id, query.action, query.target_type, query.target_id,
+            query.actor_ip, query.session_id, query.request_id,
+        )  # fmt: skip
         if query.text and all(value is None for value in others):
             return self._query_text(query)
         given = {name for name in _FAN_OUT if getattr(query, name) is not None}
@@ -319,7 +392,7 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
         # its seq range. Blocks of a tenant do not overlap, so ordering by block, then by
         # seq, is the seq order and the join stops once it has a page.
         assert query.text
-        where, params = _where(query)
+        where, params = self._where(query)
         direction = "DESC" if query.order == "desc" else "ASC"
         blocks = "b.tenant_key = ? AND b.tenant = ? AND b.search LIKE ? ESCAPE '\\'"
         blocks_params = [tenant_key(query.tenant), query.tenant, _like_pattern(query.text)]
@@ -365,7 +438,7 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
     ) -> SeqPage:
         """The newest matches of ``query`` for each value of ``column`` that the CTE
         ``values`` lists, each read from an index led by that column, merged by seq."""
-        where, params = _where(query)
+        where, params = self._where(query)
         direction = "DESC" if query.order == "desc" else "ASC"
         statement = (
             f"{values} SELECT page.seq FROM v CROSS JOIN LATERAL (SELECT seq "
@@ -401,6 +474,9 @@ class PostgresTrailView(PostgresTrackingRecorder, TrailView):
                 ).format(shapes=SQL(self.shape_table)),
                 [application_name, self.shape],
             )
+
+
+_inet = functools.lru_cache(maxsize=65_536)(ipaddress.ip_address)
 
 
 _VIEWS: dict[str, type[TrailView]] = {

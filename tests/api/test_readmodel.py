@@ -450,7 +450,7 @@ def test_free_text_pages_through_every_match_in_order(
 
 def test_text_blocks_hold_each_tenants_distinct_texts_in_runs() -> None:
     def row(tenant: str, seq: int, search: str) -> readmodel.Row:
-        return (tenant, seq, "", "", "", "", None, None, "", "", search, 7)
+        return (tenant, seq, "", "", "", "", None, None, "", "", search, 7, None, None, None)
 
     rows = [
         row("acme", 0, "emea"),

@@ -35,6 +35,9 @@ QUERY_MARKERS = {
     "actor_id": "zqqueryactor",
     "target_id": "zqquerytarget",
     "q": "zqqueryword",
+    "session_id": "zqquerysession",
+    "request_id": "zqqueryrequest",
+    "actor_ip": "2001:db8:7a7a::99",
     "user agent": "ZqClient/2",
     "event id read": "zqreadid",
 }
@@ -91,7 +94,8 @@ def record_and_query(api: Api) -> None:
         **api.headers("acme", "analyst", "auditor"),
         "User-Agent": QUERY_MARKERS["user agent"],
     }
-    params = {name: QUERY_MARKERS[name] for name in ("actor_id", "target_id", "q")}
+    filters = ("actor_id", "target_id", "q", "session_id", "request_id", "actor_ip")
+    params = {name: QUERY_MARKERS[name] for name in filters}
     assert api.client.get("/v1/events", params=params, headers=reader).status_code == 200
     export = api.client.get("/v1/events/export", params=params, headers=reader)
     assert export.status_code == 200
@@ -141,9 +145,17 @@ def test_equality_and_whole_words_still_find_an_encrypted_event(open_api: OpenAp
     assert ids(q="zqmetavalue zqsecondword") == ["zqevt-1"]
     assert ids(q="zqnested") == ["zqevt-1"]
     assert ids(q="987654321") == ["zqevt-1"]
+    assert ids(session_id="zqsession") == ["zqevt-1"]
+    assert ids(request_id="zqrequest") == ["zqevt-1"]
+    assert ids(actor_ip="198.51.100.77") == ["zqevt-1"]
+    assert ids(actor_ip="198.51.100.77/32") == ["zqevt-1"]
     assert ids(q="zqsecond") == []  # a part of a word: not findable in a keyed read model
     assert ids(actor_id="zqact") == []
     refused = api.client.get("/v1/events", params={"q": "%%"}, headers=reader)
     assert refused.status_code == 422
     assert "whole words" in refused.text
     assert refused.json()["problems"][0]["field"] == "q"
+    network = api.client.get("/v1/events", params={"actor_ip": "198.51.100.0/24"}, headers=reader)
+    assert network.status_code == 422
+    assert network.json()["problems"][0]["field"] == "actor_ip"
+    assert "single address" in network.text
