@@ -180,3 +180,17 @@ def test_sensitive_metadata_is_sent_as_its_hmac_and_never_in_clear(tmp_path: Pat
 def test_sensitive_fields_without_a_key_are_a_configuration_error() -> None:
     with pytest.raises(DestinationConfigError, match="VIGIL_GRAYLOG_HMAC_KEY is not set"):
         MessageOptions(host="h", hmac_fields=("email",))
+
+
+def test_the_full_message_is_canonical_even_with_floats(tmp_path: Path) -> None:
+    # RFC 8785 spells 1.0 as 1 and 1e21 as 1e+21; the hash is over that spelling.
+    record = record_of(
+        tmp_path,
+        metadata={"ratio": 1.0, "big": 1e21, "nested": [{"small": 0.000001}]},
+        changes={"score": {"from": 0.5, "to": 2.0}},
+    )
+    message = MessageBuilder(MessageOptions(host="h")).message(record)
+    assert hashlib.sha256(message["full_message"].encode()).hexdigest() == record["hash"]
+    assert '"big":1e+21,' in message["full_message"]
+    assert '"ratio":1}' in message["full_message"]
+    assert message["_meta_ratio"] == 1.0
