@@ -25,12 +25,8 @@ from audit_core.canonical import GENESIS_HASH
 from audit_core.followers.follower import Page, PoisonRecordError, View
 from audit_core.transparency.checkpoint import Checkpoint, sign_checkpoint, tenant_origin
 from audit_core.transparency.exceptions import ProofError, TransparencyError
-from audit_core.transparency.merkle import (
-    consistency_proof,
-    leaf_hash,
-    record_leaf,
-    verify_consistency,
-)
+from audit_core.transparency.leaves import stored_leaf
+from audit_core.transparency.merkle import consistency_proof, leaf_hash, verify_consistency
 from audit_core.transparency.note import Signer
 from audit_core.transparency.store import StoredCheckpoint, TreeStore, TreeUpdate
 from audit_core.transparency.tiles import GrowingTree, TileHashes
@@ -97,39 +93,40 @@ class TransparencyLog(View):
         return tree
 
     def handle(self, page: Page) -> None:
-        records = page.records
         touched: dict[str, _Tree] = {}
         sha256 = hashlib.sha256
+        mapper = page.mapper
         try:
-            for index, record in enumerate(records):
-                tenant = record.get("tenant")
-                if not isinstance(tenant, str):
-                    raise PoisonRecordError("the record names no tenant", index)
+            for index, state in enumerate(page.states):
+                try:
+                    leaf, head, stored_hash = stored_leaf(mapper, state)
+                except Exception as error:
+                    raise PoisonRecordError(f"undecodable record: {error}", index) from error
+                tenant = head.tenant
                 tree = touched.get(tenant) or self._tree(tenant)
                 touched[tenant] = tree
-                seq = record.get("seq")
+                seq = head.seq
                 if seq != tree.grown.size:
                     raise PoisonRecordError(
-                        f"record seq {seq!r} of tenant {tenant!r} comes when its tree holds "
+                        f"record seq {seq} of tenant {tenant!r} comes when its tree holds "
                         f"{tree.grown.size} leaves: a record is missing or repeated; run "
                         "`vigil verify`",
                         index,
                     )
-                leaf = record_leaf(record)
-                if record.get("prev_hash") != tree.head_hash:
+                if head.prev_hash != tree.head_hash:
                     raise PoisonRecordError(
                         f"seq {seq} of tenant {tenant!r}: prev_hash is not the hash of the "
                         "record before it; run `vigil verify`",
                         index,
                     )
-                if sha256(leaf).hexdigest() != record.get("hash"):
+                if sha256(leaf).hexdigest() != stored_hash:
                     raise PoisonRecordError(
                         f"seq {seq} of tenant {tenant!r}: its content does not hash to its "
                         "stored hash; run `vigil verify`",
                         index,
                     )
                 tree.grown.append(leaf_hash(leaf))
-                tree.head_hash = record["hash"]
+                tree.head_hash = stored_hash
             updates = [
                 TreeUpdate(tenant, tree.grown.size, tree.head_hash, tree.grown.take_dirty())
                 for tenant, tree in touched.items()

@@ -82,8 +82,10 @@ class TreeReader:
                 f"seq {seq} is not in the tree of tenant {tenant!r} of size {tree_size}"
                 + (" (the latest checkpoint)" if size is None else "")
             )
-        hashes = inclusion_proof(seq, tree_size, self._hashes(tenant).read)
-        return InclusionProof(seq, tree_size, self.leaf_hash(tenant, seq), hashes, latest)
+        tiles = self._hashes(tenant)
+        tiles.plan(lambda read: inclusion_proof(seq, tree_size, read), (0, seq // TILE_WIDTH))
+        hashes = inclusion_proof(seq, tree_size, tiles.read)
+        return InclusionProof(seq, tree_size, tiles.read(0, seq), hashes, latest)
 
     def inclusions(
         self, tenant: str, seqs: Iterable[int], size: int | None = None
@@ -111,7 +113,9 @@ class TreeReader:
                 f"no consistency proof from size {old_size} to size {tree_size}: the old "
                 "size must be between 0 and the new one"
             )
-        hashes = consistency_proof(old_size, tree_size, self._hashes(tenant).read)
+        tiles = self._hashes(tenant)
+        tiles.plan(lambda read: consistency_proof(old_size, tree_size, read))
+        hashes = consistency_proof(old_size, tree_size, tiles.read)
         return ConsistencyProof(old_size, tree_size, hashes, latest)
 
     def tile(self, tenant: str, tile: Tile) -> bytes:

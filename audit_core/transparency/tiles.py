@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from audit_core.transparency.exceptions import TileNotFoundError
-from audit_core.transparency.merkle import HASH_SIZE, node_hash, perfect_root, tree_hash
+from audit_core.transparency.merkle import (
+    HASH_SIZE,
+    HashReader,
+    node_hash,
+    perfect_root,
+    tree_hash,
+)
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
@@ -126,6 +132,18 @@ class TileHashes:
         self._tiles: dict[TileKey, bytes] = {}
         self._nodes: dict[tuple[int, int], bytes] = {}
         """Subtree hashes computed inside tiles, kept: neighbouring proofs share them."""
+
+    def plan(self, run: Callable[[HashReader], object], *extra: TileKey) -> None:
+        """Read, in one query, every tile that ``run`` (a proof built from a reader) will
+        need, found by running it once on a reader that only notes the tiles."""
+        keys: set[TileKey] = set(extra)
+
+        def note(height: int, index: int) -> bytes:
+            keys.add(tile_keys_for(height, index))
+            return bytes(HASH_SIZE)
+
+        run(note)
+        self.prefetch(keys)
 
     def prefetch(self, keys: Iterable[TileKey]) -> None:
         wanted = [key for key in keys if key not in self._tiles]

@@ -21,16 +21,15 @@ consistent with the next: no two of them can contradict each other.
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from audit_core.application import Ledger
-from audit_core.canonical import canonical_bytes
 from audit_core.domain import tenant_log_id
 from audit_core.transparency.checkpoint import Checkpoint
 from audit_core.transparency.exceptions import CheckpointError, NoteError, TransparencyError
+from audit_core.transparency.leaves import stored_leaf_only
 from audit_core.transparency.merkle import HASH_SIZE, Frontier, leaf_hash, tree_hash
 from audit_core.transparency.note import Verifier, parse_note, verify_note
 from audit_core.transparency.store import StoredCheckpoint, TreeStore
@@ -99,21 +98,9 @@ def _open(note: str, keys: Sequence[Verifier], tenant: str) -> Checkpoint:
 
 def _leaf(mapper: Any, state: bytes) -> bytes | None:
     """The leaf of a stored record, or None if it cannot be decoded (the chain check
-    reports that). The stored JSON normally holds the canonical bytes as they are: they
-    are taken as the leaf when they hash to the stored hash, which is then also what
-    the chain check finds; anything else is decoded and canonicalised."""
+    reports that)."""
     try:
-        plain = mapper.recorded_json(state)
-    except Exception:
-        return None
-    at = plain.find(b',"record":', 80)
-    if plain.startswith(b'{"hash":"') and at > 0 and plain.endswith(b"}"):
-        candidate = plain[at + 10 : -1]
-        if hashlib.sha256(candidate).hexdigest().encode() == plain[9:73]:
-            return bytes(candidate)
-    try:
-        decoded = mapper.decode_recorded(state)
-        return canonical_bytes(decoded["record"])
+        return stored_leaf_only(mapper, state)
     except Exception:
         return None
 
