@@ -234,6 +234,11 @@ class Detector:
             if rule.correlation is not None
             and rule.correlation.type in ("event_count", "value_count")
         }
+        # Each tenant's window groups, so that a sweep reads only them.
+        self._groups: dict[str, set[StateKey]] = {}
+        for key in self.state:
+            if key[0] in self._windowed:
+                self._groups.setdefault(key[1], set()).add(key)
 
     # -- state -----------------------------------------------------------------------
 
@@ -246,6 +251,12 @@ class Detector:
         else:
             self.state[key] = value
         self._dirty.add(key)
+        if key[0] in self._windowed:
+            groups = self._groups.setdefault(key[1], set())
+            if value is None:
+                groups.discard(key)
+            else:
+                groups.add(key)
 
     def take_changes(self) -> StateChanges:
         """The state changed since the last call, to be written with the page."""
@@ -329,11 +340,8 @@ class Detector:
     def _sweep(self, tenant: str, now: float) -> None:
         expired = [
             key
-            for key, value in self.state.items()
-            if key[1] == tenant
-            and key[0] in self._windowed
-            and isinstance(value, dict)
-            and value.get("latest", now) < now - self._windowed[key[0]]
+            for key in self._groups.get(tenant, ())
+            if self.state[key]["latest"] < now - self._windowed[key[0]]
         ]
         for key in expired:
             self._put(key, None)

@@ -16,7 +16,7 @@ from eventsourcing.persistence import Tracking
 from audit_core.domain import client_content
 from audit_core.schema import format_timestamp
 from incident.application import Incidents
-from incident.detector import Detection, Detector, MemoryIncidentSink
+from incident.detector import SWEEP_EVERY, Detection, Detector, MemoryIncidentSink
 from incident.rules import Rule, load_rule
 from tests.stores import SQLiteStore
 
@@ -371,3 +371,20 @@ def test_an_incident_id_is_derived_from_what_opened_it() -> None:
         other.add(T0 + timedelta(minutes=n))
     [elsewhere] = run([rule_of(COUNT_RULE)], other.records)[0]
     assert elsewhere.incident_id != one.incident_id
+
+
+def test_groups_whose_window_has_passed_are_forgotten() -> None:
+    rule = rule_of(COUNT_RULE)
+    trail = Trail()
+    for n in range(100):
+        trail.add(T0, target=f"u-{n}")  # a hundred accounts, one failure each
+    detector = Detector([rule])
+    detector.process(trail.records)
+    assert sum(1 for key in detector.state if key[0] == "many-failures") == 100
+    later = Trail()
+    for n in range(SWEEP_EVERY):
+        later.add(T0 + timedelta(hours=1, seconds=n), "auth.logout", target="u-0")
+    detector.process(later.records)
+    assert [key for key in detector.state if key[0] == "many-failures"] == []
+    removed = [key for key, value in detector.take_changes().values.items() if value is None]
+    assert len(removed) == 100, "the forgotten groups are deleted from the database too"
