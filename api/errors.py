@@ -155,7 +155,8 @@ async def _http_error(request: Request, error: Exception) -> Response:
     """FastAPI's and Starlette's HTTP errors (401, 404 of a route, 405, 415...)."""
     assert isinstance(error, StarletteHTTPException)
     detail = error.detail if isinstance(error.detail, str) else orjson.dumps(error.detail).decode()
-    return problem(error.status_code, detail, headers=error.headers)
+    problems = getattr(error, "problems", None)  # api.strict names the field it refused
+    return problem(error.status_code, detail, problems, headers=error.headers)
 
 
 def _where(location: tuple[Any, ...]) -> str:

@@ -36,17 +36,32 @@ class UnsupportedMediaTypeError(HTTPException):
         )
 
 
+class UnstorableTextError(HTTPException):
+    """422 for a body string PostgreSQL cannot store. An HTTPException, because FastAPI
+    turns any other error raised while it reads a body into a bare 400."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(422, f"body: field {field!r} {message}")
+        self.problems = [{"index": 0, "field": field, "message": message}]
+
+
 class IJsonRequest(Request):
     """A request whose JSON body is parsed as I-JSON (RFC 7493), as event bodies are:
     a key given twice, a lone surrogate or nesting beyond the parser's limit is a 400
-    naming the place, never a silent choice of one value."""
+    naming the place, never a silent choice of one value; a string PostgreSQL cannot
+    store is a 422 naming its field."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             try:
-                self._json = parse_json(await self.body())
+                parsed = parse_json(await self.body())
             except ValueError as error:
                 raise HTTPException(400, f"body: not valid I-JSON ({error})") from None
+            # Whatever a route keeps ends up in PostgreSQL or in an audit event.
+            found = unstorable_text(parsed)
+            if found is not None:
+                raise UnstorableTextError(*found)
+            self._json = parsed
         return self._json
 
 

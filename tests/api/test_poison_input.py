@@ -126,3 +126,24 @@ def test_a_key_description_holding_nul_is_refused_over_http_and_on_the_cli(
     )
     assert result.exit_code == 2
     assert "description" in result.stderr
+
+
+def test_every_json_body_is_read_as_i_json_with_storable_text(api: Api) -> None:
+    admin = {**api.headers("acme", "admin"), **JSON}
+    twice = b'{"tenant": "acme", "roles": ["ingest"], "roles": ["admin"]}'
+    response = api.client.post("/v1/keys", content=twice, headers=admin)
+    assert response.status_code == 400, response.text
+    assert "duplicate key" in response.json()["detail"]
+    deep = (
+        b'{"tenant": "acme", "roles": ["ingest"], "networks": '
+        + b"[" * 10_000
+        + b"]" * 10_000
+        + b"}"
+    )
+    response = api.client.post("/v1/keys", content=deep, headers=admin)
+    assert response.status_code == 400, response.text
+    nul = {"tenant": "acme", "roles": ["ingest"], "networks": ["10.0.0.0/8\x00"]}
+    response = api.client.post("/v1/keys", json=nul, headers=admin)
+    assert response.status_code == 422, response.text
+    assert response.json()["problems"][0]["field"] == "networks.0"
+    assert [key.roles for key in api.services.keys.list("acme")] == [("admin",)]
