@@ -279,12 +279,14 @@ class FollowerRunner:
         index = error.index
         if index is None or not 0 <= index < len(page.ids):
             index = self._first_poisoned(page)
+            if index is None:  # each record passed alone: nothing to stop at
+                return len(page.ids)
         elif index:
             self._handle(page.head(index))
         self._stop_at(page.ids[index], error.reason)
         return index
 
-    def _first_poisoned(self, page: Page) -> int:
+    def _first_poisoned(self, page: Page) -> int | None:
         """Process the page one record at a time, up to the first one that fails."""
         for index in range(len(page.ids)):
             single = Page(
@@ -294,7 +296,7 @@ class FollowerRunner:
                 self._handle(single)
             except PoisonRecordError:
                 return index
-        return len(page.ids) - 1
+        return None
 
     def _handle(self, page: Page) -> None:
         follower = self.follower

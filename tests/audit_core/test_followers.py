@@ -50,6 +50,7 @@ class ListSink(Sink):
         self.refuse: Callable[[dict[str, Any]], bool] = lambda record: False
         self.die_after_delivery = False
         self.gate: threading.Event | None = None
+        self.says_which = True
 
     def deliver(self, page: Page) -> int | None:
         if self.gate is not None:
@@ -59,7 +60,8 @@ class ListSink(Sink):
             raise ConnectionError("the destination is down")
         for index, record in enumerate(page.records):
             if self.refuse(record):
-                raise PoisonRecordError(f"the destination refuses {record['id']}", index)
+                where = index if self.says_which else None
+                raise PoisonRecordError(f"the destination refuses {record['id']}", where)
         ids = [record["id"] for record in page.records]
         self.delivered += ids
         self.pages.append(ids)
@@ -188,6 +190,21 @@ def test_a_poison_record_stops_that_follower_only_and_is_reported(
     assert sink.delivered == ids("a", 3) + ids("c", 2) + ["d-0"]
 
 
+def test_a_poison_record_the_follower_cannot_place_is_found_one_record_at_a_time(
+    ledger: Ledger, follower_store: FollowerStore
+) -> None:
+    ledger.record("acme", [*audit_events(3, "a"), audit_event("bad", action="poison.pill")])
+    ledger.record("acme", audit_events(2, "c"))
+    sink = ListSink(follower_store)
+    sink.refuse = lambda record: record["action"] == "poison.pill"
+    sink.says_which = False  # a destination that refuses the batch without saying why
+    runner = FollowerRunner(ledger, sink, follower_store, backoff=FAST)
+    runner.drain()
+    assert sink.delivered == ids("a", 3)
+    assert runner.stopped_at == sink.position() + 1
+    assert follower_store.states.state("list").stopped_reason == "the destination refuses bad"
+
+
 def test_two_followers_on_one_database_do_not_wait_for_each_other(
     store: Store, ledger: Ledger, follower_store: FollowerStore
 ) -> None:
@@ -282,7 +299,7 @@ def test_a_stopped_follower_is_reported_by_status_and_readyz_and_resumed_by_the_
     settings = store.settings(readmodel_poll_seconds=0.01)
     with TestClient(create_app(settings)) as client:
         services = client.app.state.services  # type: ignore[attr-defined]
-        [runner] = services.worker.runners
+        runner = services.worker.runner("readmodel")
         runner.backoff = FAST
         _wait(lambda: runner.stopped_at is not None, "the read model never stopped")
         ready = client.get("/readyz")
@@ -297,8 +314,14 @@ def test_a_stopped_follower_is_reported_by_status_and_readyz_and_resumed_by_the_
     assert "readmodel" in shown.stdout
     assert "STOPPED at notification" in shown.stdout
     assert "cannot decode a stored audit record" in shown.stdout
-    as_json = orjson.loads(vigil("status", "--json").stdout.splitlines()[0])
-    assert (as_json["name"], as_json["position"]) == ("readmodel", as_json["stopped_at"] - 1)
+
+    def readmodel_status() -> dict[str, Any]:
+        lines = vigil("status", "--json").stdout.splitlines()
+        [found] = [s for s in map(orjson.loads, lines) if s["name"] == "readmodel"]
+        return dict(found)
+
+    as_json = readmodel_status()
+    assert as_json["position"] == as_json["stopped_at"] - 1
 
     resumed = vigil("followers", "resume", "readmodel", "--skip")
     assert resumed.exit_code == 0, resumed.stderr
@@ -308,4 +331,4 @@ def test_a_stopped_follower_is_reported_by_status_and_readyz_and_resumed_by_the_
         assert opened.view.count("acme") == 3  # every record but the damaged one
     finally:
         opened.close()
-    assert vigil("status").exit_code == 0
+    assert readmodel_status()["stopped"] is False
