@@ -23,7 +23,7 @@ import ipaddress
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -99,6 +99,27 @@ class StateChanges:
 
     def __bool__(self) -> bool:
         return bool(self.values)
+
+
+def coalesce(detections: Sequence[Detection]) -> list[Detection]:
+    """One detection per (tenant, dedup key): the first of each, carrying the evidence
+    of all of them. A page of a long attack then adds its records to the incident in one
+    event, not one event (and one audit record) per record."""
+    merged: dict[tuple[str, str], Detection] = {}
+    for detection in detections:
+        key = (detection.tenant, detection.dedup_key)
+        first = merged.get(key)
+        if first is None:
+            merged[key] = detection
+            continue
+        known = set(first.evidence)
+        merged[key] = replace(
+            first,
+            evidence=first.evidence + tuple(e for e in detection.evidence if e not in known),
+            matched=first.matched + detection.matched,
+            last_at=max(first.last_at, detection.last_at),
+        )
+    return list(merged.values())
 
 
 class IncidentSink(ABC):

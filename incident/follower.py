@@ -41,7 +41,14 @@ from psycopg.sql import SQL, Identifier
 from audit_core.followers.follower import Page, PoisonRecordError, View
 from incident.application import Detection as IncidentDetection
 from incident.application import Incidents, IncidentSQLiteRecorder
-from incident.detector import Detection, Detector, IncidentSink, StateChanges, StateKey
+from incident.detector import (
+    Detection,
+    Detector,
+    IncidentSink,
+    StateChanges,
+    StateKey,
+    coalesce,
+)
 from incident.exceptions import IncidentError
 from incident.rules import Rule
 
@@ -235,12 +242,22 @@ class IncidentsSink(IncidentSink):
     ) -> list[tuple[Detection, UUID, bool]]:
         if tracking is None:
             raise ValueError("the incidents sink writes a follower's position with each page")
-        handed = [_handed_over(detection) for detection in detections]
-        opened = self.incidents.apply_with_state(handed, changes, tracking)
-        return [
-            (detection, result.incident_id, result.opened)
-            for detection, result in zip(detections, opened, strict=True)
-        ]
+        merged = coalesce(detections)
+        handed = [_handed_over(detection) for detection in merged]
+        results = self.incidents.apply_with_state(handed, changes, tracking)
+        by_key = {
+            (detection.tenant, detection.dedup_key): (result.incident_id, result.opened)
+            for detection, result in zip(merged, results, strict=True)
+        }
+        answered: list[tuple[Detection, UUID, bool]] = []
+        for detection in detections:
+            incident_id, opened = by_key[(detection.tenant, detection.dedup_key)]
+            first = not any(
+                (d.tenant, d.dedup_key) == (detection.tenant, detection.dedup_key)
+                for d, _, _ in answered
+            )
+            answered.append((detection, incident_id, opened and first))
+        return answered
 
     def clear(self, name: str = FOLLOWER_NAME) -> None:
         self.incidents.detector_recorder.clear_detector(name)
