@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, cast
@@ -637,7 +637,9 @@ class Incidents(Application[UUID]):
             self._send(tenant, incident_id, step, summary)
         return self.get(tenant, incident_id) if taken else details
 
-    def tick(self, now: datetime | None = None) -> list[dict[str, Any]]:
+    def tick(
+        self, now: datetime | None = None, *, tenants: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Take every escalation step due at ``now`` (the clock's time by default) and
         send its notifications. Safe to call from several workers at once, late, or
         twice: a step already taken is skipped. Returns what was done."""
@@ -646,6 +648,8 @@ class Incidents(Application[UUID]):
         done: list[dict[str, Any]] = []
         for incident_id in sorted(self._escalating):
             tenant = self._tenants[incident_id]
+            if tenants is not None and tenant not in tenants:
+                continue
             taken: list[tuple[Step, dict[str, Any]]] = []
             step_due = functools.partial(_take_due_step, now=now, taken=taken)
             try:

@@ -579,9 +579,19 @@ class Incident(Aggregate):
             raise InvalidIncidentError(
                 sorted(unknown)[0], f"not a post-mortem field; use {', '.join(self.postmortem)}"
             )
+        fields = dict(fields)
         for name, value in fields.items():
             if name == "action_items":
                 _check_action_items(value)
+                fields[name] = [
+                    {
+                        "title": item["title"],
+                        "owner": item.get("owner"),
+                        "due": None if item.get("due") is None else str(item["due"]),
+                        "done": bool(item.get("done", False)),
+                    }
+                    for item in value
+                ]
             elif not isinstance(value, str) or len(value) > 20_000:
                 raise InvalidIncidentError(name, "text of at most 20000 characters")
         self._postmortem_written(fields, at, actor.as_dict())

@@ -332,7 +332,11 @@ class RunbookCatalogue:
 class Vault:
     """Runbook secrets, each AES-256-GCM encrypted under the vault key with its name as
     associated data (a ciphertext moved to another name does not decrypt). ``store``
-    keeps only ciphertexts: a mapping persisted by the caller."""
+    keeps only ciphertexts: a mapping persisted by the caller.
+
+    Each ciphertext is tagged with its key's id (a hash of the key), so that secrets
+    sealed under another key (an old one, or a demo's) are recognised and left out
+    rather than failing every step."""
 
     def __init__(
         self,
@@ -345,37 +349,47 @@ class Vault:
                 "VIGIL_INCIDENT_SECRETS_KEY", f"{len(key)} bytes; AES-256 needs 32"
             )
         self._aead = AESGCM(key)
+        self.key_id = hashlib.sha256(b"vigil runbook secrets\x00" + key).hexdigest()[:16]
         self._store = store
         self._save = save
 
     def seal(self, name: str, value: str) -> str:
         nonce = os.urandom(12)
         sealed = nonce + self._aead.encrypt(nonce, value.encode(), name.encode())
-        return base64.b64encode(sealed).decode()
+        return f"{self.key_id}:{base64.b64encode(sealed).decode()}"
 
     def open(self, name: str, sealed: str) -> str:
-        raw = base64.b64decode(sealed)
+        key_id, _, text = sealed.partition(":")
+        if key_id != self.key_id:
+            raise ConfigurationError(f"secret {name!r}", "was sealed under another key")
+        raw = base64.b64decode(text)
         try:
             return self._aead.decrypt(raw[:12], raw[12:], name.encode()).decode()
         except InvalidTag:
-            raise ConfigurationError(
-                f"secret {name!r}",
-                "cannot be decrypted: is VIGIL_INCIDENT_SECRETS_KEY the key it was set with?",
-            ) from None
+            raise ConfigurationError(f"secret {name!r}", "fails authentication") from None
 
     def set(self, name: str, value: str) -> None:
-        if not name.replace("_", "").isalnum():
-            raise InvalidIncidentError("name", "letters, digits and _ only")
+        if not name.replace("_", "").isalnum() or len(name) > 64:
+            raise InvalidIncidentError("name", "letters, digits and _ only, at most 64")
         self._save(name, self.seal(name, value))
 
     def delete(self, name: str) -> None:
         self._save(name, None)
 
-    def names(self) -> list[str]:
-        return sorted(self._store())
+    def listing(self) -> dict[str, bool]:
+        """Each secret's name, and whether the current key opens it (never values)."""
+        return {
+            name: sealed.partition(":")[0] == self.key_id
+            for name, sealed in sorted(self._store().items())
+        }
 
     def values(self) -> dict[str, str]:
-        return {name: self.open(name, sealed) for name, sealed in self._store().items()}
+        """The secrets this key opens, for rendering a step (never logged or returned)."""
+        return {
+            name: self.open(name, sealed)
+            for name, sealed in self._store().items()
+            if sealed.partition(":")[0] == self.key_id
+        }
 
 
 # -- executing ----------------------------------------------------------------------
