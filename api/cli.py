@@ -29,14 +29,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from api.settings import Settings
 from audit_core import (
+    DamagedLogError,
     DuplicateEventIdError,
     EventNotFoundError,
     InvalidEventError,
     Ledger,
+    LedgerError,
     TenantNotFoundError,
     verify_tenant,
 )
+from audit_core.application import StoredLog
+from audit_core.domain import tenant_log_id
 from audit_core.schema import TENANT_PATTERN, format_timestamp, normalise_batch, parse_json
+from audit_core.verify import unnamed_log_report
 
 app = typer.Typer(
     name="vigil",
@@ -88,6 +93,8 @@ def open_ledger(settings: Settings | None = None) -> Iterator[Ledger]:
         fail(str(error), 3)
     except OriginatorVersionError as error:
         fail(f"a tenant's stored log is damaged ({error}); run `vigil verify` to locate it", 1)
+    except DamagedLogError as error:
+        fail(str(error), 1)
     except MapperDeserialisationError as error:
         fail(
             f"cannot read the stored events ({error}); is VIGIL_ENCRYPTION_KEY the key "
@@ -271,9 +278,14 @@ def show(
 def tenants() -> None:
     """List tenants with their log size and head hash."""
     with open_ledger() as ledger:
-        for name in ledger.tenants():
-            size, head = ledger.head(name)
-            typer.echo(f"{name}\t{size}\t{head}")
+        for log in ledger.stored_logs():
+            try:
+                size, head = ledger.head(log.tenant or "")
+                shown = f"{size}\t{head}"
+            except (LedgerError, EventSourcingError, PersistenceError):
+                # Listed all the same, so that damage cannot hide a tenant.
+                shown = "?\tdamaged: run `vigil verify` to locate it"
+            typer.echo(f"{log.tenant or f'log:{log.log_id}'}\t{shown}")
 
 
 @app.command()
@@ -298,13 +310,17 @@ def verify(
 
     settings = load_settings()
     with open_ledger(settings) as ledger:
-        names = tenant or ledger.tenants()
-        total = sum(_size_for_progress(ledger, name) for name in names)
+        logs = _logs_to_verify(ledger, tenant)
+        total = sum(_size_for_progress(ledger, log.tenant) for log in logs if log.tenant)
         reports = []
         with _progress() as progress:
             task = progress.add_task("verifying", total=total)
-            for name in names:
-                reports.append(verify_tenant(ledger, name, lambda n: progress.advance(task, n)))
+            for log in logs:
+                reports.append(
+                    unnamed_log_report(ledger, log)
+                    if log.tenant is None
+                    else verify_tenant(ledger, log.tenant, lambda n: progress.advance(task, n))
+                )
         trees = tree_reports(settings, ledger, tenant, checkpoint or [])
     for report in reports:
         if json_output:
@@ -328,8 +344,23 @@ def _size_for_progress(ledger: Ledger, tenant: str) -> int:
     """The log's size if it can be loaded; a damaged log is verify's to report, not ours."""
     try:
         return ledger.size(tenant)
-    except EventSourcingError:
+    except (EventSourcingError, LedgerError, PersistenceError):
         return 0
+
+
+def _logs_to_verify(ledger: Ledger, tenants: list[str] | None) -> list[StoredLog]:
+    """The named tenants' logs (exit 3 naming those storage holds nothing of), or every
+    log storage holds, found from its rows (those no row names included)."""
+    if not tenants:
+        return ledger.stored_logs()
+    unknown = [name for name in tenants if not ledger.has_log(name)]
+    if unknown:
+        fail(
+            f"no audit log for tenant {', '.join(map(repr, unknown))}; `vigil tenants` "
+            "lists those there are",
+            3,
+        )
+    return [StoredLog(tenant_log_id(name), name, None) for name in tenants]
 
 
 @app.command("config")
@@ -529,3 +560,5 @@ _followers.register(app)
 __import__("api.commands.archive", fromlist=["register"]).register(app)
 __import__("api.commands.transparency", fromlist=["register"]).register(app, keys_app)
 __import__("api.commands.rules", fromlist=["register"]).register(app)
+__import__("api.commands.incidents", fromlist=["register"]).register(app)
+__import__("api.commands.graylog", fromlist=["register"]).register(app)

@@ -3,6 +3,7 @@
 from audit_core.application import Ledger, PreparedBatch, Record
 from audit_core.canonical import GENESIS_HASH, canonical_bytes, record_hash
 from audit_core.exceptions import (
+    DamagedLogError,
     DuplicateEventIdError,
     EventNotFoundError,
     FieldProblem,
@@ -18,6 +19,7 @@ __all__ = [
     "GENESIS_HASH",
     "AuditEventIn",
     "ChainBreak",
+    "DamagedLogError",
     "DuplicateEventIdError",
     "EventNotFoundError",
     "FieldProblem",

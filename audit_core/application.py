@@ -15,12 +15,22 @@ from typing import Any, ClassVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, InternalError, Mapper, Recording
+from eventsourcing.domain import EventSourcingError
+from eventsourcing.persistence import (
+    IntegrityError,
+    InternalError,
+    Mapper,
+    MapperDeserialisationError,
+    PersistenceError,
+    Recording,
+    StoredEvent,
+)
 from eventsourcing.utils import Environment, EnvType, get_topic
 
 from audit_core.canonical import canonical_bytes
 from audit_core.domain import TenantLog, client_content, tenant_log_id, version_of
 from audit_core.exceptions import (
+    DamagedLogError,
     DuplicateEventIdError,
     EventNotFoundError,
     LedgerBusyError,
@@ -34,6 +44,7 @@ from audit_core.persistence import (
     LedgerRecorder,
     PostgresLedgerRecorder,
     SQLiteLedgerRecorder,
+    StoredRow,
 )
 from audit_core.schema import (
     Limits,
@@ -127,6 +138,18 @@ def _append(
         indexed.append((log.id, IndexedId(key, record["seq"])))
         results.append(record)
     return results, indexed
+
+
+@dataclass(frozen=True)
+class StoredLog:
+    """A log as storage holds it, named by what its own rows say."""
+
+    log_id: UUID
+    tenant: str | None
+    """The tenant whose log id this is, as its ``Opened`` event, a record or a snapshot
+    names it; None when no row names it (all missing, unreadable, or naming others)."""
+    opened_at: int | None
+    """Notification id of its first stored row (None when it has none)."""
 
 
 _RECORDERS = {
@@ -303,11 +326,39 @@ class Ledger(Application[UUID]):
                 return cast(TenantLog, deepcopy(cache.get(log_id)))
             except KeyError:
                 pass
+        log = self._stored_log(tenant)
+        return TenantLog(tenant) if log is None else log
+
+    def _stored_log(self, tenant: str) -> TenantLog | None:
+        """The tenant's log replayed from storage (None if it has none); a log that
+        cannot be replayed, or is another's, is refused with ``DamagedLogError``, so
+        that nothing is chained onto evidence that no longer holds."""
         try:
-            log: TenantLog = self.repository.get(log_id)
+            log: TenantLog = self.repository.get(tenant_log_id(tenant))
         except AggregateNotFoundError:
-            log = TenantLog(tenant)
+            return None
+        except (PersistenceError, EventSourcingError):
+            if self._unreadable_start(tenant):
+                raise  # the wrong VIGIL_ENCRYPTION_KEY, not a damaged log
+            raise DamagedLogError(tenant, "its stored events cannot be replayed") from None
+        except Exception as error:
+            # The library asserts that a log starts with its Opened event.
+            raise DamagedLogError(tenant, f"replaying it fails ({type(error).__name__})") from None
+        if not isinstance(log, TenantLog) or log.tenant != tenant:
+            raise DamagedLogError(tenant, "its Opened event names another tenant")
         return log
+
+    def _unreadable_start(self, tenant: str) -> bool:
+        """Whether neither the Opened event nor the first record can be read: what the
+        wrong key does to every row, where tampering garbles one."""
+        rows = self.ledger_recorder.first_rows(tenant_log_id(tenant), 2)
+        if len(rows) < 2 or self._opened_name(rows[0]) is not None:
+            return False
+        try:
+            self.ledger_mapper.decode_recorded(rows[1].state)
+        except MapperDeserialisationError:
+            return True
+        return False
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
         recordings = super()._record(processing_event)
@@ -341,34 +392,133 @@ class Ledger(Application[UUID]):
     # -- queries ----------------------------------------------------------------------
 
     def tenants(self) -> list[str]:
-        """Every tenant that has a log, in the order their logs were opened."""
-        names: list[str] = []
-        start = 1
-        while True:
-            page = self.recorder.select_notifications(start, 1000, topics=[OPENED_TOPIC])
-            for notification in page:
-                opened = self.mapper.to_domain_event(notification)
-                names.append(cast(TenantLog.Opened, opened).tenant)
-            if len(page) < 1000:
-                return names
-            start = page[-1].id + 1
+        """Every tenant with stored rows that name it, in the order their logs were
+        opened. Found from the stored rows themselves, so that deleting a log's
+        ``Opened`` event does not hide the log (``stored_logs`` also lists the logs
+        that no row names)."""
+        return [log.tenant for log in self.stored_logs() if log.tenant is not None]
+
+    def stored_logs(self) -> list[StoredLog]:
+        """Every log with a row in storage (events, id index or snapshots), named by its
+        own rows where they can: ordered as opened, then those with no stored event.
+
+        Raises ``MapperDeserialisationError`` when no log can be read at all: that is
+        the wrong ``VIGIL_ENCRYPTION_KEY``, not a store of nobody's logs."""
+        recorder = self.ledger_recorder
+        log_ids = dict.fromkeys(recorder.log_ids(recorder.events_table_name))  # type: ignore[attr-defined]
+        with_events = set(log_ids)
+        for table in self._side_tables():
+            log_ids.update(dict.fromkeys(recorder.log_ids(table)))
+        logs: list[StoredLog] = []
+        for log_id in log_ids:
+            rows = recorder.first_rows(log_id, 1) if log_id in with_events else []
+            name = self._name_of(log_id, rows[0] if rows else None)
+            logs.append(StoredLog(log_id, name, rows[0].notification_id if rows else None))
+        if logs and all(log.tenant is None for log in logs) and with_events:
+            raise MapperDeserialisationError(
+                "no stored log can be read: is VIGIL_ENCRYPTION_KEY the key they were written with?"
+            )
+        never = 1 << 63
+        return sorted(logs, key=lambda log: never if log.opened_at is None else log.opened_at)
+
+    def _side_tables(self) -> list[str]:
+        """The tables beside the events that hold rows keyed by log id."""
+        recorder = self.ledger_recorder
+        tables = [getattr(recorder, "ids_table_name", None) or f"{recorder.events_table_name}_ids"]  # type: ignore[attr-defined]
+        if self.snapshots is not None:
+            tables.append(self.snapshots.recorder.events_table_name)  # type: ignore[attr-defined]
+        return tables
+
+    def has_log(self, tenant: str) -> bool:
+        """Whether storage holds any row of the tenant's log (event, id or snapshot)."""
+        check_tenant(tenant)
+        log_id = tenant_log_id(tenant)
+        if self.ledger_recorder.first_rows(log_id, 1):
+            return True
+        if self.ledger_recorder.max_indexed_seq(log_id) is not None:
+            return True
+        return self.snapshots is not None and bool(
+            list(self.snapshots.get(log_id, desc=True, limit=1))
+        )
+
+    def require_log(self, tenant: str) -> None:
+        """Raise ``TenantNotFoundError`` unless the tenant has a log: reading names an
+        existing tenant, and never creates one."""
+        if not self.has_log(tenant):
+            raise TenantNotFoundError(tenant)
+
+    def _name_of(self, log_id: UUID, first: StoredRow | None) -> str | None:
+        """The tenant whose log ``log_id`` is, as its rows say; only a name that hashes
+        to ``log_id`` counts, so a row claiming another tenant names nothing."""
+        if first is not None:
+            name = self._opened_name(first)
+            if name is not None and tenant_log_id(name) == log_id:
+                return name
+        for page in self.ledger_recorder.record_pages(log_id):
+            for state in page.states:
+                try:
+                    claimed = self.ledger_mapper.decode_recorded(state)["record"]["tenant"]
+                except Exception:  # noqa: S112 - an unreadable row names nobody
+                    continue
+                if isinstance(claimed, str) and tenant_log_id(claimed) == log_id:
+                    return claimed
+        if self.snapshots is not None:
+            try:
+                for snapshot in self.snapshots.get(log_id, desc=True, limit=1):
+                    claimed = getattr(snapshot, "state", {}).get("tenant")
+                    if isinstance(claimed, str) and tenant_log_id(claimed) == log_id:
+                        return claimed
+            except Exception:  # noqa: S110 - an unreadable snapshot names nobody
+                pass
+        return None
+
+    def _opened_name(self, row: StoredRow) -> str | None:
+        """The tenant an ``Opened`` row names, or None if it is not a readable one."""
+        if row.version != 0 or row.topic != OPENED_TOPIC:
+            return None
+        try:
+            opened = self.mapper.to_domain_event(
+                StoredEvent(tenant_log_id("x"), 0, row.topic, row.state)
+            )
+        except Exception:  # garbage in the row is the caller's finding
+            return None
+        tenant = getattr(opened, "tenant", None)
+        originator = getattr(opened, "originator_topic", None)
+        if not isinstance(opened, TenantLog.Opened) or originator != get_topic(TenantLog):
+            return None
+        return tenant if isinstance(tenant, str) else None
+
+    def opened_problem(self, tenant: str) -> tuple[str, str] | None:
+        """(``missing``, ``unreadable`` or ``altered``, what) is wrong with the tenant's
+        ``Opened`` event (version 0), if anything; no hash covers it, so this is the
+        only check it gets."""
+        rows = self.ledger_recorder.first_rows(tenant_log_id(tenant), 1)
+        if not rows or rows[0].version > 0:
+            return "missing", "the log's Opened event (version 0, before seq 0) is missing"
+        if rows[0].version < 0:
+            return "altered", f"a row at version {rows[0].version} precedes the Opened event"
+        name = self._opened_name(rows[0])
+        if name is None:
+            return "unreadable", (
+                "the log's Opened event (version 0) is not a readable Opened event of a "
+                f"tenant log (topic {rows[0].topic!r})"
+            )
+        if name != tenant:
+            return "altered", f"the log's Opened event names tenant {name!r}"
+        return None
 
     def size(self, tenant: str) -> int:
-        """Number of records in the tenant's log."""
+        """Number of records in the tenant's log (0 if it has none)."""
         check_tenant(tenant)
-        try:
-            log: TenantLog = self.repository.get(tenant_log_id(tenant))
-        except AggregateNotFoundError:
-            return 0
-        return log.next_seq
+        log = self._stored_log(tenant)
+        return 0 if log is None else log.next_seq
 
     def head(self, tenant: str) -> tuple[int, str]:
         """(size, hash of the last record) of a tenant's log."""
         check_tenant(tenant)
-        try:
-            log: TenantLog = self.repository.get(tenant_log_id(tenant))
-        except AggregateNotFoundError:
-            raise TenantNotFoundError(tenant) from None
+        log = self._stored_log(tenant)
+        if log is None:
+            raise TenantNotFoundError(tenant)
         return log.next_seq, log.head_hash
 
     def read(self, tenant: str, *, from_seq: int = 0, limit: int = 100) -> list[Record]:
@@ -380,8 +530,9 @@ class Ledger(Application[UUID]):
         return [self._to_record(s.state) for s in stored]
 
     def latest(self, tenant: str, limit: int = 20) -> list[Record]:
-        """The last ``limit`` records of a tenant's log, oldest first."""
-        check_tenant(tenant)
+        """The last ``limit`` records of a tenant's log, oldest first; a tenant with no
+        log is not found (an empty answer would read as an empty trail)."""
+        self.require_log(tenant)
         stored = self.recorder.select_events(tenant_log_id(tenant), gt=0, desc=True, limit=limit)
         return [self._to_record(s.state) for s in reversed(stored)]
 
@@ -392,12 +543,17 @@ class Ledger(Application[UUID]):
         key = self._id_key(event_id)
         seq = self.ledger_recorder.lookup_ids(log_id, [key]).get(key)
         if seq is None:
+            self.require_log(tenant)
             raise EventNotFoundError(tenant, f"with id {event_id!r}")
         return self.get_seq(tenant, seq)
 
     def get_seq(self, tenant: str, seq: int) -> Record:
         check_tenant(tenant)
-        return self._records_by_seq(tenant_log_id(tenant), [seq], tenant)[seq]
+        try:
+            return self._records_by_seq(tenant_log_id(tenant), [seq], tenant)[seq]
+        except EventNotFoundError:
+            self.require_log(tenant)
+            raise
 
     def records_at(self, tenant: str, seqs: Sequence[int]) -> list[Record]:
         """The records at ``seqs``, in that order, read in one query."""

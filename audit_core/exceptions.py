@@ -5,6 +5,7 @@ LedgerError
 ├── DuplicateEventIdError    an id reused with different content (or twice in one batch)
 ├── EventNotFoundError       no record with that id or seq in the tenant's log
 ├── TenantNotFoundError      the tenant has no log yet
+├── DamagedLogError          the stored log cannot be replayed (run vigil verify)
 └── LedgerBusyError          concurrent writers kept winning; nothing was recorded
 """
 
@@ -68,4 +69,16 @@ class LedgerBusyError(LedgerError):
         super().__init__(
             f"gave up appending to tenant {tenant!r} after {attempts} attempts lost to "
             "concurrent writers; nothing was recorded, retry the request"
+        )
+
+
+class DamagedLogError(LedgerError):
+    """A tenant's stored log cannot be appended to or summarised: rows that replaying it
+    needs are missing or altered. ``vigil verify`` says where."""
+
+    def __init__(self, tenant: str, reason: str):
+        self.tenant = tenant
+        super().__init__(
+            f"the stored log of tenant {tenant!r} is damaged: {reason}; nothing is "
+            f"appended to it. Run `vigil verify --tenant {tenant}` to locate the damage"
         )

@@ -144,6 +144,10 @@ class LedgerRecorder:
 
     def record_pages(self, log_id: UUID) -> Iterator[Page]:
         """Every record of a log in version order, a page at a time, in constant memory."""
+        return (Page(page.versions, page.states) for page in self.checked_pages(log_id))
+
+    def checked_pages(self, log_id: UUID) -> Iterator[CheckedPage]:
+        """``record_pages``, each page also saying which rows have another topic."""
         raise NotImplementedError
 
     def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
@@ -155,12 +159,40 @@ class LedgerRecorder:
         ``position``, in notification order: what a follower of the ledger reads."""
         raise NotImplementedError
 
+    def log_ids(self, table: str) -> list[UUID]:
+        """Every originator id that has a row in ``table`` (an unqualified table name of
+        this database: the events, id index or snapshots table), whatever the rows hold."""
+        raise NotImplementedError
+
+    def first_rows(self, log_id: UUID, limit: int) -> list[StoredRow]:
+        """The ``limit`` lowest versions a log holds, with their topic and notification id."""
+        raise NotImplementedError
+
+
+class StoredRow(NamedTuple):
+    """One stored row of the events table, as it is, for checks that trust none of it."""
+
+    version: int
+    topic: str
+    state: bytes
+    notification_id: int
+
 
 class Page(NamedTuple):
     """Consecutive stored records of one log: their versions and states, in order."""
 
     versions: Sequence[int]
     states: Sequence[bytes]
+
+
+class CheckedPage(NamedTuple):
+    """A ``Page`` with what only verification asks for."""
+
+    versions: Sequence[int]
+    states: Sequence[bytes]
+    other_topics: Sequence[int]
+    """Versions of the page stored under another topic than ``Recorded``: rows the
+    library would not read back as audit records, whatever their state holds."""
 
 
 class Notes(NamedTuple):
@@ -174,7 +206,9 @@ _PAGE_SIZE = 2000
 _END = object()
 
 
-def prefetched(pages: Callable[[], Generator[Page]], depth: int = 2) -> Iterator[Page]:
+def prefetched(
+    pages: Callable[[], Generator[CheckedPage]], depth: int = 2
+) -> Iterator[CheckedPage]:
     """``pages()``, read by a background thread that keeps ``depth`` pages ahead, so that
     the database serves the next page on the other core while the caller checks this one.
     """
@@ -247,7 +281,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
         # the whole log.
         self.record_page_statement = SQL(
             "SELECT array_agg(originator_version ORDER BY originator_version) AS versions, "
-            "array_agg(state ORDER BY originator_version) AS states "
+            "array_agg(state ORDER BY originator_version) AS states, "
+            "array_agg(originator_version) FILTER (WHERE topic <> %s) AS other_topics "
             "FROM {schema}.{events} WHERE originator_id = %s "
             "AND originator_version > %s AND originator_version <= %s"
         ).format(schema=schema, events=events)
@@ -262,6 +297,10 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
         self.next_version_statement = SQL(
             "SELECT min(originator_version) AS next FROM {schema}.{events} "
             "WHERE originator_id = %s AND originator_version > %s"
+        ).format(schema=schema, events=events)
+        self.first_rows_statement = SQL(
+            "SELECT originator_version, topic, state, notification_id FROM {schema}.{events} "
+            "WHERE originator_id = %s ORDER BY originator_version LIMIT %s"
         ).format(schema=schema, events=events)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
@@ -315,7 +354,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             curs.execute(self.lookup_ids_statement, (log_id, list(keys)), prepare=True)
             return {bytes(row["id_key"]): row["seq"] for row in curs.fetchall()}
 
-    def record_pages(self, log_id: UUID) -> Iterator[Page]:
+    def checked_pages(self, log_id: UUID) -> Iterator[CheckedPage]:
         return prefetched(lambda: self._read_pages(log_id))
 
     def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
@@ -339,16 +378,20 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             rows = curs.fetchall()
         return Notes([row[0] for row in rows], [row[1] for row in rows])
 
-    def _read_pages(self, log_id: UUID) -> Generator[Page]:
+    def _read_pages(self, log_id: UUID) -> Generator[CheckedPage]:
         after = 0
         with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
             while True:
                 last = after + _PAGE_SIZE
-                curs.execute(self.record_page_statement, (log_id, after, last), prepare=True)
+                curs.execute(
+                    self.record_page_statement,
+                    (RECORDED_TOPIC, log_id, after, last),
+                    prepare=True,
+                )
                 row = curs.fetchone()
                 versions = row["versions"] if row else None
                 if versions:
-                    yield Page(versions, row["states"])  # type: ignore[index]
+                    yield CheckedPage(versions, row["states"], row["other_topics"] or ())  # type: ignore[index]
                 after = last
                 if versions is None or len(versions) < _PAGE_SIZE:
                     # Missing versions: skip to the next one stored, if any.
@@ -363,6 +406,33 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             curs.execute(self.max_indexed_seq_statement, (log_id,), prepare=True)
             row = curs.fetchone()
             return None if row is None or row["max"] is None else int(row["max"])
+
+    def log_ids(self, table: str) -> list[UUID]:
+        # A loose index scan of the primary key (originator_id first): one index probe
+        # per log, where DISTINCT would read every row of every log.
+        statement = SQL(
+            "WITH RECURSIVE logs(id) AS ("
+            "(SELECT originator_id FROM {table} ORDER BY originator_id LIMIT 1) "
+            "UNION ALL SELECT (SELECT originator_id FROM {table} WHERE originator_id > logs.id "
+            "ORDER BY originator_id LIMIT 1) FROM logs WHERE logs.id IS NOT NULL) "
+            "SELECT id FROM logs WHERE id IS NOT NULL"
+        ).format(table=Identifier(self.datastore.schema, table))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement)
+            return [row["id"] for row in curs.fetchall()]
+
+    def first_rows(self, log_id: UUID, limit: int) -> list[StoredRow]:
+        with self.datastore.get_connection() as conn, conn.cursor(binary=True) as curs:
+            curs.execute(self.first_rows_statement, (log_id, limit))
+            return [
+                StoredRow(
+                    row["originator_version"],
+                    row["topic"],
+                    bytes(row["state"]),
+                    row["notification_id"],
+                )
+                for row in curs.fetchall()
+            ]
 
 
 class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
@@ -439,12 +509,12 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
         )
         return Notes([n.id for n in notifications], [n.state for n in notifications])
 
-    def record_pages(self, log_id: UUID) -> Iterator[Page]:
+    def checked_pages(self, log_id: UUID) -> Iterator[CheckedPage]:
         after = 0
         while True:
             with self.datastore.transaction(commit=False) as c:
                 c.execute(
-                    f"SELECT originator_version, state FROM {self.events_table_name} "
+                    f"SELECT originator_version, state, topic FROM {self.events_table_name} "
                     "WHERE originator_id = ? AND originator_version > ? "
                     "ORDER BY originator_version LIMIT ?",
                     [log_id.hex, after, _PAGE_SIZE],
@@ -452,7 +522,11 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
                 rows = c.fetchall()
             if not rows:
                 return
-            yield Page([row[0] for row in rows], [row[1] for row in rows])
+            yield CheckedPage(
+                [row[0] for row in rows],
+                [row[1] for row in rows],
+                [row[0] for row in rows if row[2] != RECORDED_TOPIC],
+            )
             if len(rows) < _PAGE_SIZE:
                 return
             after = rows[-1][0]
@@ -465,3 +539,22 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
             )
             row = c.fetchone()
             return None if row is None or row["max"] is None else int(row["max"])
+
+    def log_ids(self, table: str) -> list[UUID]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT DISTINCT originator_id FROM {table}")
+            rows = c.fetchall()
+        ids: list[UUID] = []
+        for row in rows:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                ids.append(UUID(str(row[0])))  # a row with a malformed id is nobody's
+        return ids
+
+    def first_rows(self, log_id: UUID, limit: int) -> list[StoredRow]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT originator_version, topic, state, rowid FROM {self.events_table_name} "
+                "WHERE originator_id = ? ORDER BY originator_version LIMIT ?",
+                [log_id.hex, limit],
+            )
+            return [StoredRow(row[0], row[1], bytes(row[2]), row[3]) for row in c.fetchall()]

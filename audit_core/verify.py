@@ -2,7 +2,9 @@
 
 The verifier reads stored rows, not the application's cached state, so whatever was
 done to the database behind the ledger's back (an edited payload, a deleted or swapped
-row, a truncated tail) shows up at the ``seq`` where it happened.
+row, a truncated tail, a deleted or altered ``Opened`` event, garbage) shows up at the
+``seq`` where it happened. Nothing stored can make it raise or leave a log out: the
+logs are found from the stored rows themselves, and every outcome is a report.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from audit_core.application import Ledger
+from audit_core.application import Ledger, StoredLog
 from audit_core.canonical import GENESIS_HASH, canonical_bytes
 from audit_core.domain import tenant_log_id
+from audit_core.exceptions import TenantNotFoundError
+from audit_core.schema import check_tenant
 
 
 class Reason(enum.StrEnum):
@@ -31,6 +35,12 @@ class Reason(enum.StrEnum):
     """The stored bytes cannot be decrypted or parsed."""
     TRUNCATED = "truncated"
     """Records the ledger knows it wrote are gone from the end of the log."""
+    OPENED_MISSING = "opened_missing"
+    """The log's ``Opened`` event (version 0, before seq 0) is gone."""
+    OPENED_ALTERED = "opened_altered"
+    """The log's ``Opened`` event is unreadable or names another tenant."""
+    UNNAMED_LOG = "unnamed_log"
+    """Stored rows of a log that none of its rows names: its tenant is unknown."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,37 @@ Progress = Callable[[int], None]
 
 
 def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None) -> TenantReport:
-    """Check one tenant's whole chain; ``progress`` is told how many records each step did."""
+    """Check one tenant's whole chain; ``progress`` is told how many records each step did.
+
+    Raises ``TenantNotFoundError`` for a tenant of which storage holds nothing (no event,
+    id or snapshot): a typo is not an intact empty log.
+    """
+    check_tenant(tenant)
+    if not ledger.has_log(tenant):
+        raise TenantNotFoundError(tenant)
+    chain = _verify_chain(ledger, tenant, progress)
+    opened = ledger.opened_problem(tenant)
+    emptied = chain.problem is not None and chain.problem.reason is Reason.TRUNCATED
+    if opened is None or (emptied and chain.records == 0):
+        # With no record left at all, the missing Opened event is part of the
+        # truncation that the chain reports.
+        return chain
+    kind, opened_detail = opened
+    unreadable = chain.problem is not None and chain.problem.reason is Reason.UNDECODABLE
+    if kind == "unreadable" and unreadable and chain.records == 0:
+        return chain  # nothing reads, as with the wrong key: the chain's report says so
+    reason = Reason.OPENED_MISSING if kind == "missing" else Reason.OPENED_ALTERED
+    records = (
+        f"the records themselves: first bad seq {chain.problem.seq} ({chain.problem.reason})"
+        if chain.problem
+        else f"the {chain.records} records themselves chain intact"
+    )
+    return TenantReport(
+        tenant, 0, GENESIS_HASH, ChainBreak(0, reason, f"{opened_detail}; {records}")
+    )
+
+
+def _verify_chain(ledger: Ledger, tenant: str, progress: Progress | None) -> TenantReport:
     decode = ledger.ledger_mapper.decode_recorded
     sha256 = hashlib.sha256
     expected_seq = 0
@@ -83,7 +123,10 @@ def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None)
     def broken(seq: int, reason: Reason, detail: str) -> TenantReport:
         return TenantReport(tenant, expected_seq, prev_hash, ChainBreak(seq, reason, detail))
 
-    for versions, states in ledger.ledger_recorder.record_pages(tenant_log_id(tenant)):
+    for versions, states, other_topics in ledger.ledger_recorder.checked_pages(
+        tenant_log_id(tenant)
+    ):
+        misfiled = set(other_topics)
         for version, state in zip(versions, states, strict=True):
             seq = version - 1
             if seq != expected_seq:
@@ -91,11 +134,15 @@ def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None)
                     f" to {seq - 1}" if seq - 1 > expected_seq else ""
                 )
                 return broken(expected_seq, Reason.GAP, f"{missing} missing from storage")
+            if version in misfiled:
+                return broken(seq, Reason.UNDECODABLE, "stored under another topic than Recorded")
             try:
                 decoded = decode(state)
                 record, stored_hash = decoded["record"], decoded["hash"]
             except Exception as error:
                 return broken(seq, Reason.UNDECODABLE, f"{type(error).__name__}: {error}")
+            if not isinstance(record, dict) or not isinstance(stored_hash, str):
+                return broken(seq, Reason.UNDECODABLE, "the stored JSON is not an audit record")
             if record.get("seq") != seq or record.get("tenant") != tenant:
                 return broken(
                     seq,
@@ -111,7 +158,10 @@ def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None)
                     f"({prev_hash})",
                 )
             # The stored record has no "hash" of its own: one added to it is tampering.
-            computed = sha256(canonical_bytes(record)).hexdigest()
+            try:
+                computed = sha256(canonical_bytes(record)).hexdigest()
+            except Exception as error:  # a value no event could hold (e.g. a huge integer)
+                return broken(seq, Reason.UNDECODABLE, f"{type(error).__name__}: {error}")
             if computed != stored_hash:
                 return broken(
                     seq,
@@ -143,11 +193,37 @@ def _highest_seq_written(ledger: Ledger, tenant: str) -> int | None:
     return highest
 
 
+def unnamed_log_report(ledger: Ledger, log: StoredLog) -> TenantReport:
+    """The finding for stored rows of a log that no row names (``log.tenant`` is None)."""
+    written = ledger.ledger_recorder.max_indexed_seq(log.log_id)
+    what = (
+        "its records are missing, unreadable or claim other tenants"
+        if log.opened_at is not None
+        else "no event of it is stored"
+        + (f", though the id index says seqs up to {written} were" if written is not None else "")
+    )
+    return TenantReport(
+        f"log:{log.log_id}",
+        0,
+        GENESIS_HASH,
+        ChainBreak(
+            0,
+            Reason.UNNAMED_LOG,
+            f"storage holds rows of log {log.log_id} but no row names its tenant: {what}",
+        ),
+    )
+
+
 def verify(
     ledger: Ledger, tenants: list[str] | None = None, progress: Progress | None = None
 ) -> list[TenantReport]:
-    """Verify the named tenants, or every tenant with a log."""
+    """Verify the named tenants, or every log storage holds (those no row names
+    included, as findings)."""
+    if tenants is not None:
+        return [verify_tenant(ledger, tenant, progress) for tenant in tenants]
     return [
-        verify_tenant(ledger, tenant, progress)
-        for tenant in (ledger.tenants() if tenants is None else tenants)
+        verify_tenant(ledger, log.tenant, progress)
+        if log.tenant is not None
+        else unnamed_log_report(ledger, log)
+        for log in ledger.stored_logs()
     ]

@@ -147,6 +147,30 @@ class Store(abc.ABC):
                 (new, key, old),
             )
 
+    def set_topic(self, tenant: str, seq: int, topic: str) -> None:
+        self._run(
+            f"UPDATE {self.events_table} SET topic = ? "
+            "WHERE originator_id = ? AND originator_version = ?",
+            (topic, self._log_key(tenant), seq + 1),
+        )
+
+    def move_row(self, tenant: str, seq: int, to_tenant: str, to_seq: int) -> None:
+        """Move one stored row into another tenant's log, at ``to_seq``."""
+        self._run(
+            f"UPDATE {self.events_table} SET originator_id = ?, originator_version = ? "
+            "WHERE originator_id = ? AND originator_version = ?",
+            (self._log_key(to_tenant), to_seq + 1, self._log_key(tenant), seq + 1),
+        )
+
+    def insert_row(self, log_id: uuid.UUID, version: int, topic: str, state: bytes) -> None:
+        """A row the ledger never wrote, in any log."""
+        key = log_id if isinstance(self, PostgresStore) else log_id.hex
+        self._run(
+            f"INSERT INTO {self.events_table} (originator_id, originator_version, topic, state) "
+            "VALUES (?, ?, ?, ?)",
+            (key, version, topic, state),
+        )
+
     def stored_versions(self, tenant: str) -> list[int]:
         rows = self._run(
             f"SELECT originator_version FROM {self.events_table} "

@@ -437,9 +437,40 @@ def test_vigil_verify_exits_1_naming_the_tampered_seq_and_why(
     result = run_vigil(store, tmp_path, "verify")
 
     assert result.returncode == 1, result.stderr
-    assert f"BROKEN  acme: first bad seq {tampering.seq} ({tampering.reason}): " in result.stdout
-    assert "ok      globex: 3 records" in result.stdout
+    for name, finding in tampering.every_log().items():
+        if finding is None:
+            assert f"ok      {name}: " in result.stdout
+        else:
+            assert f"BROKEN  {name}: first bad seq {finding[0]} ({finding[1]}): " in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_log_whose_opened_event_is_deleted_is_listed_verified_and_refuses_records(
+    vigil: Vigil,
+) -> None:
+    seed(vigil.ledger())
+    vigil.store.delete_seqs("acme", -1)
+
+    listed = vigil("tenants")
+    assert listed.exit_code == 0, listed.output
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["acme", "globex"]
+    assert "damaged" in listed.stdout.splitlines()[0]
+    verified = vigil("verify", "--tenant", "acme")
+    assert verified.exit_code == 1
+    assert "BROKEN  acme: first bad seq 0 (opened_missing)" in verified.stdout
+    refused = vigil("record", "--tenant", "acme", stdin=jsonl(audit_events(1, prefix="late")))
+    assert refused.exit_code == 1
+    assert "vigil verify --tenant acme" in refused.stderr
+    assert vigil.store.stored_versions("acme") == [1, 2, 3, 4, 5, 6]
+
+
+def test_verify_of_an_unknown_tenant_exits_3_naming_it_and_creates_nothing(vigil: Vigil) -> None:
+    seed(vigil.ledger())
+    result = vigil("verify", "--tenant", "acme", "--tenant", "acme-typo")
+    assert result.exit_code == 3
+    assert "no audit log for tenant 'acme-typo'" in result.stderr
+    assert result.stdout == ""
+    assert vigil.ledger().tenants() == ["acme", "globex"]
 
 
 @pytest.mark.parametrize("command", [["rebuild", "readmodel"], ["rebuild-read-model"]])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import uuid
 
+import orjson
 import pytest
 
-from audit_core import Reason, verify, verify_tenant
+from audit_core import DamagedLogError, Reason, TenantNotFoundError, verify, verify_tenant
 from tests.events import audit_events
 from tests.stores import Store
 from tests.tampering import Tampering, seed, tamperings
@@ -23,9 +25,14 @@ def test_an_untouched_log_verifies_up_to_its_head(store: Store) -> None:
     assert (report.records, report.head_hash) == (6, ledger.head("acme")[1])
 
 
-def test_an_empty_log_verifies_with_no_records(store: Store) -> None:
-    report = verify_tenant(store.open_ledger(), "nobody")
-    assert (report.ok, report.records, report.head_hash) == (True, 0, "0" * 64)
+def test_a_tenant_with_nothing_stored_is_not_found(store: Store) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    with pytest.raises(TenantNotFoundError, match="'acme-typo' has no audit log"):
+        verify_tenant(ledger, "acme-typo")
+    with pytest.raises(TenantNotFoundError):
+        verify(ledger, ["acme", "acme-typo"])
+    assert not ledger.has_log("acme-typo")
 
 
 @tamperings
@@ -51,12 +58,12 @@ def test_tampering_is_also_found_by_a_ledger_opened_afterwards(
     seed(store.open_ledger())
     tampering.apply(store)
 
-    reports = {report.tenant: report for report in verify(store.open_ledger())}
+    reports = verify(store.open_ledger())
 
-    assert reports["globex"].ok
-    broken = reports["acme"].problem
-    assert broken is not None
-    assert (broken.seq, broken.reason.value) == (tampering.seq, tampering.reason)
+    found = {
+        r.tenant: (r.problem.seq, r.problem.reason.value) if r.problem else None for r in reports
+    }
+    assert found == tampering.every_log()
 
 
 def test_the_report_details_say_what_is_wrong(store: Store) -> None:
@@ -154,3 +161,53 @@ def test_a_log_that_fills_whole_pages_verifies_to_its_last_record(store: Store) 
     problem = verify_tenant(ledger, "acme").problem
     assert problem is not None
     assert (problem.seq, problem.reason) == (3999, Reason.TRUNCATED)
+
+
+def test_a_log_whose_opened_event_is_deleted_is_still_listed_and_verified(store: Store) -> None:
+    seed(store.open_ledger())
+    store.delete_seqs("acme", -1)
+    ledger = store.open_ledger()
+    assert ledger.tenants() == ["acme", "globex"]
+    problem = verify_tenant(ledger, "acme").problem
+    assert problem is not None
+    assert problem.reason is Reason.OPENED_MISSING
+    assert "the 6 records themselves chain intact" in problem.detail
+
+
+def test_appending_to_a_log_whose_opened_event_is_gone_is_refused_naming_the_damage(
+    store: Store,
+) -> None:
+    seed(store.open_ledger())
+    store.delete_seqs("acme", -1)
+    ledger = store.open_ledger()
+    with pytest.raises(DamagedLogError, match="vigil verify --tenant acme"):
+        ledger.record("acme", audit_events(1, prefix="late"))
+    with pytest.raises(DamagedLogError):
+        ledger.head("acme")
+    assert store.stored_versions("acme") == [1, 2, 3, 4, 5, 6]
+    assert ledger.record("globex", audit_events(1, prefix="late"))[0]["seq"] == 3
+
+
+def test_appending_after_the_opened_event_names_another_tenant_is_refused(store: Store) -> None:
+    seed(store.open_ledger())
+    opened = orjson.loads(store.stored_state("acme", -1))
+    store.set_stored_state("acme", -1, orjson.dumps({**opened, "tenant": "globex"}))
+    with pytest.raises(DamagedLogError, match="names another tenant"):
+        store.open_ledger().record("acme", audit_events(1, prefix="late"))
+
+
+def test_rows_of_a_log_that_no_row_names_are_a_finding(store: Store) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    stray = uuid.uuid4()
+    store.insert_row(stray, 1, "audit_core.domain:TenantLog.Recorded", b"\x00garbage")
+
+    reports = {report.tenant: report for report in verify(ledger)}
+
+    assert reports["acme"].ok
+    assert reports["globex"].ok
+    problem = reports[f"log:{stray}"].problem
+    assert problem is not None
+    assert problem.reason is Reason.UNNAMED_LOG
+    assert str(stray) in problem.detail
+    assert ledger.tenants() == ["acme", "globex"]
