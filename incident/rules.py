@@ -232,7 +232,8 @@ def record_time(record: Record) -> float:
 
 
 def parse_time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("z", "Z")).timestamp()
+    """POSIX seconds of a stored timestamp (the ledger spells them all with ``Z``)."""
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -474,13 +475,17 @@ class _Compiler:
         entries = self.source.mapping(node, f"selection {name!r}")
         if not entries:
             raise self.error(node, f"selection {name!r} has no field")
-        predicates: list[Predicate] = []
+        ranked: list[tuple[int, Predicate]] = []
         actions: frozenset[str] | None = None
         for key, (key_node, value_node) in entries.items():
             predicate, exact = self.matcher(key, key_node, value_node)
-            predicates.append(predicate)
+            # Every entry must match, in any order: the cheap comparisons go first.
+            modifiers = set(key.split("|")[1:]) - {"not", "all", "lower"}
+            cost = 0 if not modifiers else 2 if modifiers & _COSTLY else 1
+            ranked.append((cost, predicate))
             if exact is not None and key == "action":
                 actions = exact
+        predicates = [predicate for _, predicate in sorted(ranked, key=lambda item: item[0])]
         if len(predicates) == 1:
             return predicates[0], actions
         if len(predicates) == 2:
@@ -540,6 +545,13 @@ class _Compiler:
 
             return (_negated(refers) if negate else refers), None
 
+        if kind in ("startswith", "endswith") and not lower and not match_all and len(tests) > 1:
+            # str.startswith and str.endswith take a tuple: one call for every value.
+            affixes = tuple(str(value) for _, value in values)
+            if kind == "startswith":
+                tests = [lambda value: isinstance(value, str) and value.startswith(affixes)]
+            else:
+                tests = [lambda value: isinstance(value, str) and value.endswith(affixes)]
         if len(tests) == 1:
             (single,) = tests
 
@@ -877,6 +889,8 @@ class _Compiler:
         return Template(text, tuple(fields))
 
 
+_COSTLY = frozenset({"cidr", "fieldref", "weekday", "time"})
+"""Modifiers whose test parses or looks further than the field itself."""
 _HASHED = (str, int, float)
 """Types a record's value may have to be looked up in a set of rule values (a bool is
 not one: YAML's ``1`` must not match ``true``)."""

@@ -96,7 +96,7 @@ def test_prefix_suffix_contains_and_lowercase_modifiers() -> None:
           exports:
             action|endswith: .export
           admins:
-            actor.id|startswith: adm-
+            actor.id|startswith: [adm-, root-]
           agent:
             actor.user_agent|lower|contains: curl
           condition: exports and (admins or agent)
@@ -106,6 +106,7 @@ def test_prefix_suffix_contains_and_lowercase_modifiers() -> None:
     assert rule.matches(record(**exporting, actor={"id": "adm-3", "type": "user"}))
     assert rule.matches(record(**exporting, actor={"id": "u-3", "user_agent": "CURL/8.1"}))
     assert not rule.matches(record(**exporting, actor={"id": "u-3", "user_agent": "Firefox"}))
+    assert rule.matches(record(**exporting, actor={"id": "root-1", "type": "user"}))
     assert not rule.matches(record(action="contact.view", actor={"id": "adm-3"}))
 
 
