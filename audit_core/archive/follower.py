@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from eventsourcing.persistence import TrackingRecorder
 
 from audit_core.archive.segments import Segment
@@ -80,9 +81,15 @@ class ArchiveFollower(Sink):
     # -- the runner's hooks -------------------------------------------------------------
 
     def deliver(self, page: Page) -> int | None:
-        records = page.records
-        for index, record in enumerate(records):
-            self._take(record, page.ids[index], index)
+        stored_json = page.mapper.recorded_json
+        for index, raw in enumerate(page.states):
+            try:
+                stored = stored_json(raw)
+                decoded = orjson.loads(stored)
+                record, stored_hash = decoded["record"], decoded["hash"]
+            except Exception as error:
+                raise PoisonRecordError(f"undecodable record: {error}", index) from error
+            self._take(record, stored_hash, _stored_line(stored), page.ids[index], index)
         self._delivered = max(self._delivered, page.position)
         for state in list(self._open.values()):
             while state.lines and self._due(state, by_time=False):
@@ -113,7 +120,15 @@ class ArchiveFollower(Sink):
 
     # -- segments -----------------------------------------------------------------------
 
-    def _take(self, record: dict[str, Any], notification_id: int, index: int) -> None:
+    def _take(
+        self,
+        record: dict[str, Any],
+        stored_hash: str,
+        line: bytes | None,
+        notification_id: int,
+        index: int,
+    ) -> None:
+        """Hold one record; ``line`` is its JSON as stored, if that may be canonical."""
         tenant, seq = record["tenant"], record["seq"]
         state = self._open.get(tenant)
         if state is None:
@@ -128,9 +143,11 @@ class ArchiveFollower(Sink):
                 "follower's position is ahead of it (`vigil archive verify` says which)",
                 index,
             )
-        content = {key: value for key, value in record.items() if key != "hash"}
-        line = canonical_bytes(content)
-        if hashlib.sha256(line).hexdigest() != record["hash"]:
+        # The stored JSON is the canonical bytes unless the record holds floats: its
+        # hash says which, and only then is the record encoded again.
+        if line is None or hashlib.sha256(line).hexdigest() != stored_hash:
+            line = canonical_bytes(record)
+        if hashlib.sha256(line).hexdigest() != stored_hash:
             raise PoisonRecordError(
                 f"tenant {tenant!r} seq {seq}: the record does not hash to its stored hash; "
                 "its storage was changed behind the ledger's back (run `vigil verify`)",
@@ -147,7 +164,7 @@ class ArchiveFollower(Sink):
         state.lines.append(line)
         state.ids.append(notification_id)
         state.received.append(record["received_at"])
-        state.last_hash = record["hash"]
+        state.last_hash = stored_hash
 
     def _due(self, state: _Open, *, by_time: bool) -> bool:
         if not state.end_checked:
@@ -188,6 +205,16 @@ class ArchiveFollower(Sink):
         """Every record up to this notification id is in a written segment."""
         held = [state.ids[0] for state in self._open.values() if state.ids]
         return min(held) - 1 if held else self._delivered
+
+
+_RECORD_KEY = b',"record":'
+
+
+def _stored_line(stored: bytes) -> bytes | None:
+    """The record's JSON inside a stored ``Recorded`` state (``{"hash":..,"timestamp":..,
+    "record":<JSON>}``, as ``LedgerMapper`` writes it), without parsing it again."""
+    at = stored.find(_RECORD_KEY, 80)
+    return stored[at + len(_RECORD_KEY) : -1] if at > 0 and stored.endswith(b"}") else None
 
 
 def _epoch(received_at: str) -> float:
