@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from incident.rules import Rule, RuleError, RuleSetError, load_rule, load_rules, rule_files
 
@@ -505,3 +507,40 @@ def test_a_field_holding_an_object_matches_no_value_and_breaks_nothing() -> None
     assert not rule.matches(record(metadata={"role": [{"name": "admin"}, ["owner"]]}))
     assert not rule.matches(record(metadata={"role": True}))
     assert rule.matches(record(metadata={"role": ["viewer", "owner"]}))
+
+
+def _expressions() -> st.SearchStrategy[str]:
+    names = st.sampled_from(["a", "b", "c"])
+    return st.recursive(
+        names,
+        lambda inner: st.one_of(
+            st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(" ".join),
+            inner.map(lambda e: f"not {e}"),
+            inner.map(lambda e: f"({e})"),
+        ),
+        max_leaves=8,
+    )
+
+
+@given(
+    expression=_expressions(),
+    truth=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+)
+def test_conditions_bind_not_then_and_then_or_as_python_does(
+    expression: str, truth: tuple[bool, bool, bool]
+) -> None:
+    rule = rule_of(
+        f"""
+        id: r
+        title: t
+        level: low
+        detection:
+          a: {{metadata.a: true}}
+          b: {{metadata.b: true}}
+          c: {{metadata.c: true}}
+          condition: {expression}
+        """
+    )
+    values = dict(zip("abc", truth, strict=True))
+    expected = eval(expression, {}, values)  # noqa: S307  (the strategy's own grammar)
+    assert rule.matches(record(metadata=values)) is expected
