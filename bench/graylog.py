@@ -11,10 +11,11 @@ compete with the shipper for the GIL):
 2. HTTP: the same, one message per request (Graylog's plain GELF HTTP input) and 500 per
    request (bulk receiving), beside raw ``httpx`` posts of the same bodies. The input is
    Python's ``http.server``, so the figures compare the two senders, not Graylog.
-3. Lag: the shipper running (as in ``vigil worker``) while a writer records a steady
-   2,000 events/s; lag is the input's receipt time minus each record's ``received_at``
-   (stamped just before its commit), as p50/p99/max, beside the follower's poll interval
-   (SQLite has no notifications: a new record waits up to one interval).
+3. Lag: the shipper running (as in ``vigil worker``) while a writer process (as the
+   API would be) records a steady 2,000 events/s, 20 every 10 ms; lag is the input's
+   receipt time minus each record's ``received_at`` (stamped just before its commit),
+   as p50/p99/max, beside the follower's poll interval (the runner polls here, as on
+   SQLite: a new record waits up to one interval).
 """
 
 from __future__ import annotations
@@ -204,8 +205,8 @@ def http(
     count = len(payloads)
     receiver = Input("http", count)
     url = f"http://127.0.0.1:{receiver.port}/gelf"
-    start = time.time()
     with httpx.Client() as client:
+        start = time.time()
         for offset in range(0, count, batch):
             body = b"\n".join(payloads[offset : offset + batch])
             assert client.post(url, content=body).status_code == 202
@@ -219,9 +220,7 @@ def http(
 
 def lag(settings: Settings, ledger: Ledger, rate: int, seconds: float, poll: float) -> list[float]:
     """Lags (s) of every record written at ``rate``/s for ``seconds`` while shipping."""
-    count = int(rate * seconds)
-    step = max(1, rate // 100)  # a batch every 10 ms
-    receiver = Input("tcp", count, lag=True)
+    receiver = Input("tcp", int(rate * seconds), lag=True)
     (destination,) = parse_destinations(f"lag=tcp://127.0.0.1:{receiver.port}")
     store = open_store(settings.ledger_env())
     shipper = GraylogShipper(destination, BUILDER, store.positions)
@@ -229,18 +228,45 @@ def lag(settings: Settings, ledger: Ledger, rate: int, seconds: float, poll: flo
     # Start after what the throughput runs recorded, as a worker that has caught up.
     shipper.skip_to(ledger.recorder.max_notification_id() or 0)
     runner.start()
+    # The writer is another process, as the API is beside `vigil worker`.
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--write",
+            settings.database_url,
+            "--lag-rate",
+            str(rate),
+            "--lag-seconds",
+            str(seconds),
+        ]
+    )
     try:
-        start = time.monotonic()
-        for index in range(0, count, step):
-            due = start + index / rate
-            time.sleep(max(0.0, due - time.monotonic()))
-            record_slice(ledger, index, min(step, count - index))
         lags: list[float] = receiver.result()["lags"]
+        assert writer.wait() == 0
         return lags
     finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
         runner.stop()
         shipper.close()
         store.close()
+
+
+def write(url: str, rate: int, seconds: float) -> None:
+    """Record ``rate`` events/s for ``seconds``, a batch every 10 ms."""
+    settings = Settings(database_url=url, encryption_key=None)
+    ledger = Ledger(settings.ledger_env(), settings.limits())
+    count = int(rate * seconds)
+    step = max(1, rate // 100)
+    try:
+        start = time.monotonic()
+        for index in range(0, count, step):
+            time.sleep(max(0.0, start + index / rate - time.monotonic()))
+            record_slice(ledger, index, min(step, count - index))
+    finally:
+        ledger.close()
 
 
 def record_slice(ledger: Ledger, start: int, count: int) -> None:
@@ -276,7 +302,11 @@ def main() -> None:
     parser.add_argument("--receive", choices=["tcp", "http"], help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lag", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--write", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write:
+        write(args.write, args.lag_rate, args.lag_seconds)
+        return
     if args.receive:
         receive(args.receive, args.expect, args.lag)
         return
