@@ -12,7 +12,7 @@ Run ``python bench/detect.py`` (see ``--help``; SQLite in a temporary directory 
    of ``--repeat`` passes, interleaved. The target is 20,000 records/s.
 2. Latency. The detector follower runs in its runner's thread, woken by each commit as
    the API wakes its followers, while a writer records ordinary activity at a steady
-   ``--rate`` (2,000 events/s) in batches every 50 ms; every ``--attack-every`` seconds
+   ``--rate`` (2,000 events/s) in batches every 100 ms; every ``--attack-every`` seconds
    one batch holds an admin grant outside the change window (a rule that fires on one
    record). Latency is from the moment ``record`` returned for that batch to the moment
    the transaction holding its incident committed; p50 and p99 are printed. The
@@ -160,7 +160,7 @@ def latency(env: dict[str, str], rate: int, seconds: float, attack_every: float)
     pool = tenant.ordinary_day(date(2026, 11, 16))
     night = datetime(2026, 11, 21, 2, 30, tzinfo=UTC)
     committed: dict[int, float] = {}
-    batch = max(1, rate // 20)
+    batch = max(1, rate // 10)
     try:
         runner.start()
         began = time.perf_counter()
