@@ -63,7 +63,8 @@ def _log(services: Services) -> TransparencyLog:
 
 
 def _reader(services: Services) -> TreeReader:
-    return TreeReader(_log(services).store)
+    log = _log(services)
+    return TreeReader(log.store, log.tile_cache)
 
 
 def _b64(value: bytes) -> str:

@@ -29,7 +29,7 @@ from audit_core.transparency.leaves import stored_leaf
 from audit_core.transparency.merkle import consistency_proof, leaf_hash, verify_consistency
 from audit_core.transparency.note import Signer
 from audit_core.transparency.store import StoredCheckpoint, TreeStore, TreeUpdate
-from audit_core.transparency.tiles import GrowingTree, TileHashes
+from audit_core.transparency.tiles import GrowingTree, TileCache, TileHashes
 
 log = logging.getLogger("vigil.transparency")
 
@@ -75,6 +75,8 @@ class TransparencyLog(View):
         self._scanned = False
         self.refusals: dict[str, str] = {}
         """Tenants whose new tree was refused a checkpoint, and why."""
+        self.tile_cache = TileCache()
+        """Full tiles hashed once for every proof this process serves."""
 
     # -- following ------------------------------------------------------------------------
 

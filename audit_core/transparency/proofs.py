@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from audit_core.transparency.exceptions import SizeError, TileNotFoundError
 from audit_core.transparency.merkle import HASH_SIZE, consistency_proof, inclusion_proof
 from audit_core.transparency.store import StoredCheckpoint, TreeStore
-from audit_core.transparency.tiles import TILE_WIDTH, Tile, TileHashes
+from audit_core.transparency.tiles import TILE_WIDTH, Tile, TileCache, TileHashes
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class ConsistencyProof:
 class TreeReader:
     """Reads one database's trees for proofs and tiles."""
 
-    def __init__(self, store: TreeStore):
+    def __init__(self, store: TreeStore, cache: TileCache | None = None):
         self.store = store
+        self.cache = cache
 
     def latest(self, tenant: str) -> StoredCheckpoint:
         checkpoint = self.store.latest_checkpoint(tenant)
@@ -64,7 +65,7 @@ class TreeReader:
         return size, latest
 
     def _hashes(self, tenant: str) -> TileHashes:
-        return TileHashes(lambda keys: self.store.read_tiles(tenant, keys))
+        return TileHashes(lambda keys: self.store.read_tiles(tenant, keys), self.cache, tenant)
 
     def leaf_hash(self, tenant: str, seq: int) -> bytes:
         data = self.store.read_tiles(tenant, [(0, seq // TILE_WIDTH)]).get((0, seq // TILE_WIDTH))

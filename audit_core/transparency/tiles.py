@@ -13,6 +13,8 @@ elements, all but the last prefixed with ``x`` (1234067 is ``x001/x234/067``).
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -123,15 +125,54 @@ def _subtree(data: bytes | bytearray, height: int, index: int) -> bytes:
     return perfect_root(hashes)
 
 
+TileLevels = list[list[bytes]]
+"""Every complete subtree inside a tile: ``levels[r][i]`` is the root of its entries
+``i * 2**r`` to ``(i + 1) * 2**r - 1``."""
+
+
+def tile_levels(data: bytes) -> TileLevels:
+    usable = len(data) - len(data) % HASH_SIZE
+    level = [data[i : i + HASH_SIZE] for i in range(0, usable, HASH_SIZE)]
+    levels = [level]
+    for _ in range(TILE_HEIGHT - 1):
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        levels.append(level)
+    return levels
+
+
+class TileCache:
+    """The hashed levels of full tiles, which never change, shared by every proof of a
+    process (least recently used first out)."""
+
+    def __init__(self, max_tiles: int = 512):
+        self.max_tiles = max_tiles
+        self._tiles: OrderedDict[tuple[str, int, int], TileLevels] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str, key: TileKey) -> TileLevels | None:
+        with self._lock:
+            levels = self._tiles.get((tenant, *key))
+            if levels is not None:
+                self._tiles.move_to_end((tenant, *key))
+            return levels
+
+    def put(self, tenant: str, key: TileKey, levels: TileLevels) -> None:
+        with self._lock:
+            self._tiles[(tenant, *key)] = levels
+            while len(self._tiles) > self.max_tiles:
+                self._tiles.popitem(last=False)
+
+
 class TileHashes:
     """Complete-subtree hashes of a stored tree, read from its tiles (each tile read
-    once), for building proofs: ``hashes.read`` is a :data:`~merkle.HashReader`."""
+    and hashed once), for building proofs: ``hashes.read`` is a
+    :data:`~merkle.HashReader`."""
 
-    def __init__(self, read_tiles: TileReader):
+    def __init__(self, read_tiles: TileReader, cache: TileCache | None = None, tenant: str = ""):
         self._read_tiles = read_tiles
-        self._tiles: dict[TileKey, bytes] = {}
-        self._nodes: dict[tuple[int, int], bytes] = {}
-        """Subtree hashes computed inside tiles, kept: neighbouring proofs share them."""
+        self._levels: dict[TileKey, TileLevels] = {}
+        self._cache = cache
+        self._tenant = tenant
 
     def plan(self, run: Callable[[HashReader], object], *extra: TileKey) -> None:
         """Read, in one query, every tile that ``run`` (a proof built from a reader) will
@@ -146,29 +187,41 @@ class TileHashes:
         self.prefetch(keys)
 
     def prefetch(self, keys: Iterable[TileKey]) -> None:
-        wanted = [key for key in keys if key not in self._tiles]
-        if wanted:
-            self._tiles.update(self._read_tiles(wanted))
+        wanted: list[TileKey] = []
+        for key in keys:
+            if key in self._levels:
+                continue
+            cached = self._cache.get(self._tenant, key) if self._cache else None
+            if cached is not None:
+                self._levels[key] = cached
+            else:
+                wanted.append(key)
+        if not wanted:
+            return
+        for key, data in self._read_tiles(wanted).items():
+            levels = self._levels[key] = tile_levels(bytes(data))
+            if self._cache is not None and len(data) == TILE_BYTES:
+                self._cache.put(self._tenant, key, levels)
 
     def read(self, height: int, index: int) -> bytes:
-        if height % TILE_HEIGHT:
-            node = self._nodes.get((height, index))
-            if node is None:
-                node = node_hash(
-                    self.read(height - 1, 2 * index), self.read(height - 1, 2 * index + 1)
-                )
-                self._nodes[(height, index)] = node
-            return node
         key = tile_keys_for(height, index)
-        if key not in self._tiles:
+        if key not in self._levels:
             self.prefetch([key])
-        data = self._tiles.get(key)
-        if data is None:
+        levels = self._levels.get(key)
+        if levels is None:
             raise TileNotFoundError(
                 f"tile {Tile(*key).path} is missing from the stored tree "
                 f"(needed for subtree height {height}, index {index})"
             )
-        return _subtree(data, height, index)
+        rest = height % TILE_HEIGHT
+        row = levels[rest]
+        position = index % (TILE_WIDTH >> rest)
+        if position >= len(row):
+            raise TileNotFoundError(
+                f"the stored tile {Tile(*key).path} holds {len(levels[0])} hashes; the "
+                f"tree is missing the subtree (height {height}, index {index})"
+            )
+        return row[position]
 
 
 class GrowingTree:
