@@ -164,7 +164,8 @@ class StreamTransport(Transport):
             sock = self._socket = self._connect()
             log.info("connected to %s", self.destination.address)
         try:
-            sock.sendall(b"\x00".join(messages) + b"\x00")
+            for start, end in _slices(messages, WRITE_BYTES):
+                sock.sendall(b"\x00".join(messages[start:end]) + b"\x00")
         except OSError as error:
             self._drop(str(error))
             raise DeliveryError(
@@ -204,6 +205,25 @@ class StreamTransport(Transport):
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+WRITE_BYTES = 1 << 20
+"""About how much one write joins: few system calls, without a page of large events
+copied into one buffer."""
+
+
+def _slices(messages: Sequence[bytes], size: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) ranges of ``messages`` of about ``size`` bytes each."""
+    ranges: list[tuple[int, int]] = []
+    start = total = 0
+    for index, message in enumerate(messages):
+        total += len(message)
+        if total >= size:
+            ranges.append((start, index + 1))
+            start, total = index + 1, 0
+    if start < len(messages):
+        ranges.append((start, len(messages)))
+    return ranges
 
 
 class HttpTransport(Transport):

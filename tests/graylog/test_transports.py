@@ -8,6 +8,7 @@ import string
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from audit_core.graylog import (
@@ -141,6 +142,17 @@ def test_tls_without_the_client_certificate_the_input_requires_delivers_nothing(
         assert receiver.messages == []
     finally:
         receiver.stop()
+
+
+def test_a_page_of_large_messages_arrives_whole_and_in_order(
+    connect: Connect, tcp_receiver: TcpReceiver
+) -> None:
+    blob = "x" * 300_000
+    page = [orjson.dumps({"_event_id": f"e-{index}", "blob": blob}) for index in range(12)]
+    connect(f"tcp://127.0.0.1:{tcp_receiver.port}").send(page)
+    messages = tcp_receiver.wait_for(12)
+    assert [m["_event_id"] for m in messages] == [f"e-{index}" for index in range(12)]
+    assert all(m["blob"] == blob for m in messages)
 
 
 def test_a_message_larger_than_the_input_accepts_is_refused_by_index(
