@@ -257,9 +257,32 @@ class Detector:
         }
         # Each tenant's window groups, so that a sweep reads only them.
         self._groups: dict[str, set[StateKey]] = {}
+        self._forget_what_rules_no_longer_mean()
         for key in self.state:
             if key[0] in self._windowed:
                 self._groups.setdefault(key[1], set()).add(key)
+
+    def _forget_what_rules_no_longer_mean(self) -> None:
+        """Drop the state of rules that are gone, or whose correlation changed since it
+        was written (its shape would not fit): they start again from the next record.
+        The deletions are written with the next page."""
+        current = {rule.id: _fingerprint(rule) for rule in self.rules}
+        stale = {
+            key[2].removeprefix("rule\x1f")
+            for key, value in self.state.items()
+            if key[:2] == ("", "") and current.get(key[2].removeprefix("rule\x1f")) != value
+        }
+        known = set(current) | {""}
+        for key in list(self.state):
+            rule_id = key[2].removeprefix("rule\x1f") if key[:2] == ("", "") else key[0]
+            if rule_id not in known or rule_id in stale:
+                self.state.pop(key)
+                self._dirty.add(key)
+        for rule_id, fingerprint in current.items():
+            mark: StateKey = ("", "", f"rule\x1f{rule_id}")
+            if self.state.get(mark) != fingerprint:
+                self.state[mark] = fingerprint
+                self._dirty.add(mark)
 
     # -- state -----------------------------------------------------------------------
 
@@ -559,6 +582,22 @@ def _present(record: Record, path: str) -> Any:
             return _ABSENT
         value = value[part]
     return value
+
+
+def _fingerprint(rule: Rule) -> str:
+    """What the shape of a rule's state depends on."""
+    correlation = rule.correlation
+    if correlation is None:
+        return "none"
+    parts = (
+        correlation.type,
+        correlation.group_by,
+        correlation.field,
+        correlation.network,
+        correlation.owner,
+        correlation.values,
+    )
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
 def _group_key(values: Sequence[Any]) -> str:

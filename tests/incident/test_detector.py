@@ -388,3 +388,25 @@ def test_groups_whose_window_has_passed_are_forgotten() -> None:
     assert [key for key in detector.state if key[0] == "many-failures"] == []
     removed = [key for key, value in detector.take_changes().values.items() if value is None]
     assert len(removed) == 100, "the forgotten groups are deleted from the database too"
+
+
+def test_a_rule_whose_correlation_changed_starts_again_and_a_removed_rule_is_forgotten() -> None:
+    trail = Trail()
+    for n in range(4):
+        trail.add(T0 + timedelta(minutes=n))
+    sink = MemoryIncidentSink()
+    run([rule_of(COUNT_RULE), rule_of(NEW_NETWORK_RULE)], trail.records, sink)
+    assert any(key[0] == "many-failures" for key in sink.state)
+    assert ("", "", "rule\x1fnew-network") in sink.state
+    # The same id, now counting distinct addresses: the old counts do not fit.
+    changed = rule_of(COUNT_RULE.replace("count >= 5", "distinct actor.ip >= 2"))
+    more = Trail()
+    more.records = [dict(r) for r in trail.records]
+    late = more.add(T0 + timedelta(minutes=5), ip="198.51.100.9")
+    detections, sink = run([changed], [late], sink)
+    # Kept, the four earlier records' address and this one would make two already.
+    assert detections == []
+    assert not any("new-network" in key[0] + key[2] for key in sink.state)
+    another = more.add(T0 + timedelta(minutes=6), ip="198.51.100.10")
+    [detection] = run([changed], [another], sink)[0]
+    assert [e.seq for e in detection.evidence] == [late["seq"], another["seq"]]
