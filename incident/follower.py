@@ -250,13 +250,12 @@ class IncidentsSink(IncidentSink):
             for detection, result in zip(merged, results, strict=True)
         }
         answered: list[tuple[Detection, UUID, bool]] = []
+        seen: set[tuple[str, str]] = set()
         for detection in detections:
-            incident_id, opened = by_key[(detection.tenant, detection.dedup_key)]
-            first = not any(
-                (d.tenant, d.dedup_key) == (detection.tenant, detection.dedup_key)
-                for d, _, _ in answered
-            )
-            answered.append((detection, incident_id, opened and first))
+            key = (detection.tenant, detection.dedup_key)
+            incident_id, opened = by_key[key]
+            answered.append((detection, incident_id, opened and key not in seen))
+            seen.add(key)
         return answered
 
     def clear(self, name: str = FOLLOWER_NAME) -> None:
