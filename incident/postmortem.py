@@ -24,6 +24,7 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
+from audit_core import LedgerError
 from incident.domain import Actor, Incident
 from incident.exceptions import ConfigurationError
 
@@ -64,27 +65,46 @@ def environment(templates_dir: str | Path | None = None) -> SandboxedEnvironment
     return env
 
 
-def context(incident: Incident) -> dict[str, Any]:
-    """What templates see: the incident's details, its durations and evidence."""
+def context(incident: Incident, ledger: Any = None) -> dict[str, Any]:
+    """What templates see: the incident's details, its durations and evidence. With the
+    ``ledger``, each evidence link is checked against the record now at its seq (its
+    hash must still match) and completed with the record's action and time."""
     details = incident.details()
+    evidence = details["evidence"]
+    if ledger is not None and evidence:
+        try:
+            records = ledger.records_at(incident.tenant, [e["seq"] for e in evidence[:1000]])
+        except LedgerError:
+            records = []
+        for link, found in zip(evidence, records, strict=False):
+            link["matches_ledger"] = found["hash"] == link["hash"]
+            link["action"] = link.get("action") or found.get("action")
+            link["occurred_at"] = link.get("occurred_at") or found.get("occurred_at")
+            link["event_id"] = link.get("event_id") or found.get("id")
     return {
         "incident": details,
         "durations": details["durations"],
         "timeline": details["timeline"],
-        "evidence": details["evidence"],
+        "evidence": evidence,
         "steps": details["runbook_steps"],
         "postmortem": details["postmortem"],
         "escalations": [e for e in details["timeline"] if e["kind"] == "escalation"],
     }
 
 
-def render(incident: Incident, format: str = "md", templates_dir: str | Path | None = None) -> str:
-    """The post-mortem as Markdown (``md``) or HTML (``html``)."""
+def render(
+    incident: Incident,
+    format: str = "md",
+    templates_dir: str | Path | None = None,
+    ledger: Any = None,
+) -> str:
+    """The post-mortem as Markdown (``md``) or HTML (``html``); with the ``ledger``, the
+    evidence is checked against it and completed (see :func:`context`)."""
     if format not in FORMATS:
         raise ConfigurationError("format", f"{format!r} is not md or html")
     env = environment(templates_dir)
     try:
-        return env.get_template(FORMATS[format]).render(context(incident))
+        return env.get_template(FORMATS[format]).render(context(incident, ledger))
     except TemplateNotFound as missing:
         raise ConfigurationError(str(missing), "post-mortem template not found") from None
     except TemplateError as error:
@@ -104,7 +124,7 @@ def publish(
     """Render both formats, record their SHA-256 in the incident (and the ledger), and
     return the texts with their digests."""
     incident = incidents.incident(tenant, incident_id)
-    texts = {fmt: render(incident, fmt, templates_dir) for fmt in FORMATS}
+    texts = {fmt: render(incident, fmt, templates_dir, incidents.ledger) for fmt in FORMATS}
     digests = {fmt: hashlib.sha256(text.encode()).hexdigest() for fmt, text in texts.items()}
     incidents.record_publication(tenant, incident_id, digests, actor)
     return {"incident": str(incident_id), "sha256": digests, "texts": texts}

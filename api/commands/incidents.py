@@ -322,7 +322,7 @@ def postmortem(
             text = result["texts"][format]
             err.print(f"published: sha256 {result['sha256']}")
         else:
-            text = render(desk.incident(tenant, incident_id), format, templates)
+            text = render(desk.incident(tenant, incident_id), format, templates, desk.ledger)
     if output is None:
         sys.stdout.write(text)
     else:

@@ -499,7 +499,8 @@ async def render_postmortem(
 
     tenant = tenant_of(key, tenant, services)
     incident = await _call(desk.incident, tenant, incident_id)
-    text = await _call(render, incident, format, services.settings.incident_templates_dir or None)
+    templates = services.settings.incident_templates_dir or None
+    text = await _call(render, incident, format, templates, desk.ledger)
     media = "text/markdown; charset=utf-8" if format == "md" else "text/html; charset=utf-8"
     return Response(text, media_type=media)
 
