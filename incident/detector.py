@@ -31,7 +31,7 @@ from eventsourcing.persistence import Tracking
 
 from audit_core.schema import format_timestamp
 from incident.application import is_incident_record
-from incident.rules import Correlation, Record, Rule, get_field, parse_time
+from incident.rules import Correlation, Record, Rule, duration_text, get_field, parse_time
 
 MAX_EVIDENCE = 200
 """Most records one detection carries as evidence; the count in its summary is exact."""
@@ -452,7 +452,7 @@ class Detector:
             rule,
             record,
             [Evidence(tenant, e[2], e[3]) for e in counted],
-            f"{what} within {_span_text(span)}" + (f" ({groups})" if groups else ""),
+            f"{what} within {duration_text(span)}" + (f" ({groups})" if groups else ""),
             first_at=_stamp_of(counted[0][0], record),
             matched=len(counted),
         )
@@ -627,13 +627,6 @@ def _single_summary(record: Record) -> str:
     on = f" on {target.get('type')} {target.get('id')}" if target else ""
     ip = f" from {actor.get('ip')}" if actor.get("ip") else ""
     return f"{actor.get('id')} {record.get('action')}{on} ({record.get('outcome')}){ip}"
-
-
-def _span_text(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
 
 
 def _stamp_of(moment: float, record: Record) -> str:

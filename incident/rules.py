@@ -133,14 +133,14 @@ class Correlation:
     """Most values a ``new_value`` group remembers (the oldest are forgotten first)."""
 
     def describe(self) -> str:
-        window = _duration_text(self.timespan)
+        window = duration_text(self.timespan)
         by = f" group by {', '.join(self.group_by)}" if self.group_by else ""
         if self.type == "event_count":
             return f"count >= {self.threshold} within {window}{by}"
         if self.type == "value_count":
             return f"distinct {self.field} >= {self.threshold} within {window}{by}"
         if self.type == "new_value":
-            return f"new {self.field}{by} after {_duration_text(self.learning)}"
+            return f"new {self.field}{by} after {duration_text(self.learning)}"
         return f"value of {', '.join(name for name, _ in self.values)} claimed from {self.owner}"
 
 
@@ -224,11 +224,6 @@ def _getter(path: str) -> Callable[[Record], Any]:
         return value
 
     return deep
-
-
-def record_time(record: Record) -> float:
-    """``occurred_at`` as POSIX seconds: windows are measured on the records' own clock."""
-    return parse_time(str(record["occurred_at"]))
 
 
 def parse_time(stamp: str) -> float:
@@ -921,7 +916,8 @@ def _local(value: Any, zone: ZoneInfo | None) -> datetime | None:
     return moment.astimezone(zone or UTC)
 
 
-def _duration_text(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``600.0`` as ``10m``: the spelling rule files use."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
