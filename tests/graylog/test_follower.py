@@ -92,8 +92,7 @@ def test_an_outage_of_graylog_delays_the_shipper_and_loses_nothing(
         (runner,) = runners
         runner.start()
         before = ledger.record("acme", audit_events(10, prefix="before"))
-        runner.nudge()
-        tcp_receiver.wait_for(10)
+        runner.catch_up(timeout=30)  # delivered and confirmed
         tcp_receiver.stop()
         # Ingest goes on while Graylog is down; the shipper falls behind and says why.
         during = ledger.record("acme", audit_events(25, prefix="during"))
