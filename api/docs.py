@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.errors import PROBLEM_MEDIA_TYPE
 from api.schemas import ProblemDetails
+from api.settings import get_settings
 from api.strict import api_routes, takes_body
 from audit_core.schema import MAX_SAFE_INTEGER, STORABLE_TEXT_PATTERN
 
@@ -125,6 +126,8 @@ def _json_values(depth: int) -> dict[str, Any]:
 
 def _text_rule(schema: dict[str, Any]) -> None:
     """A string parameter without a pattern of its own refuses U+0000 like the rest."""
+    if "pattern" in schema:
+        return
     for branch in schema.get("anyOf", [schema]):
         if branch.get("type") == "string" and "pattern" not in branch and "enum" not in branch:
             branch["pattern"] = STORABLE_TEXT_PATTERN
@@ -138,8 +141,14 @@ def complete(schema: dict[str, Any], app: FastAPI) -> None:
     models["ProblemDetails"] = problem_schema
     for unused in ("HTTPValidationError", "ValidationError", "ErrorBody"):
         models.pop(unused, None)
-    settings = app.state.settings
-    if settings is not None and "AuditEventIn" in models:
+    settings = app.state.settings or get_settings()
+    ingest = schema["paths"].get("/v1/events", {}).get("post", {})
+    for body in ingest.get("requestBody", {}).get("content", {}).values():
+        for shape in body["schema"].get("oneOf", []):
+            if shape.get("type") == "array":
+                shape["minItems"] = 1
+                shape["maxItems"] = settings.max_batch_events
+    if "AuditEventIn" in models:
         depth = settings.max_metadata_depth
         models.update(_json_values(depth))
         for field in ("metadata", "changes"):

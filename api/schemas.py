@@ -8,7 +8,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.keys import MAX_DESCRIPTION_CHARS, Role
-from audit_core.schema import STORABLE_TEXT_PATTERN, ActorIn, Outcome, Source, TargetIn
+from audit_core.schema import (
+    STORABLE_TEXT_PATTERN,
+    TENANT_PATTERN,
+    ActorIn,
+    Outcome,
+    Source,
+    TargetIn,
+)
 
 
 class AuditRecord(BaseModel):
@@ -71,7 +78,7 @@ ErrorBody = ProblemDetails
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tenant: str
+    tenant: str = Field(pattern=TENANT_PATTERN)
     roles: list[Role] = Field(min_length=1)
     expires_at: datetime | None = None
     networks: list[str] = Field(default_factory=list, description="CIDR allowlist.")

@@ -29,7 +29,15 @@ TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$"
 ACTION_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 ACTOR_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+RFC3339_PATTERN = (
+    r"^(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"  # year 0001 to 9999
+    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+"""An RFC 3339 timestamp with offset, its fields in range (the OpenAPI document states
+it; a day the month lacks, such as 02-30, is refused as well)."""
+_RFC3339 = re.compile(RFC3339_PATTERN)
 _TENANT = re.compile(TENANT_PATTERN)
 STORABLE_TEXT_PATTERN = r"^[^\x00]*$"
 """What every string of an event matches (stated in the OpenAPI document): PostgreSQL's
@@ -83,6 +91,11 @@ def _rfc3339(value: str) -> str:
 _FORBID_EXTRA = ConfigDict(extra="forbid")
 
 
+_IpText = Annotated[
+    str, Field(json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+]
+
+
 class ActorIn(TypedDict):
     """Who acted: a user, a service account or the system itself."""
 
@@ -91,7 +104,7 @@ class ActorIn(TypedDict):
     type: NotRequired[Annotated[str, Field(pattern=ACTOR_TYPE_PATTERN)]]
     ip: NotRequired[
         Annotated[
-            str | None,
+            _IpText | None,
             AfterValidator(_canonical_ip),
             Field(description="IPv4 or IPv6 address of the client."),
         ]
@@ -127,7 +140,11 @@ class AuditEventIn(TypedDict):
     occurred_at: Annotated[
         str,
         AfterValidator(_rfc3339),
-        Field(description="RFC 3339 timestamp with offset, client clock."),
+        Field(
+            description="RFC 3339 timestamp with offset, client clock; a real date, at "
+            "most VIGIL_MAX_FUTURE_SKEW_SECONDS ahead of the server clock.",
+            json_schema_extra={"pattern": RFC3339_PATTERN},
+        ),
     ]
     actor: ActorIn
     action: Annotated[

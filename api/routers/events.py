@@ -37,6 +37,7 @@ from audit_core.readmodel import InvalidQueryError, TrailQuery, address_filter, 
 from audit_core.record import flat_columns, flat_values
 from audit_core.schema import (
     ACTION_PATTERN,
+    RFC3339_PATTERN,
     Outcome,
     Source,
     format_timestamp,
@@ -151,6 +152,11 @@ def _prepare(services: Services, tenant: str, body: bytes, *, batch: bool) -> Pr
     return services.ledger.prepare(tenant, events)
 
 
+ACTION_FILTER_PATTERN = r"^[a-z][a-z0-9_]*((\.[a-z][a-z0-9_]*)+|(\.[a-z][a-z0-9_]*)*\.\*)$"
+"""An action (``ACTION_PATTERN``) or a prefix of one ending in ``.*``, as the document
+states it (the server also takes any text before ``.*``, which matches nothing)."""
+
+
 def _timestamp(name: str, value: str | None) -> str | None:
     if value is None:
         return None
@@ -172,6 +178,7 @@ async def trail_filters(
         Query(
             max_length=128,
             description="Exact action, or a prefix ending in `.*` (e.g. `conversation.*`).",
+            json_schema_extra={"pattern": ACTION_FILTER_PATTERN},
         ),
     ] = None,
     target_type: Annotated[str | None, Query(max_length=64)] = None,
@@ -179,9 +186,19 @@ async def trail_filters(
     outcome: Outcome | None = None,
     source: Source | None = None,
     since: Annotated[
-        str | None, Query(description="occurred_at at or after this RFC 3339 instant.")
+        str | None,
+        Query(
+            description="occurred_at at or after this RFC 3339 instant.",
+            json_schema_extra={"pattern": RFC3339_PATTERN},
+        ),
     ] = None,
-    until: Annotated[str | None, Query(description="occurred_at before this instant.")] = None,
+    until: Annotated[
+        str | None,
+        Query(
+            description="occurred_at before this RFC 3339 instant (later than since).",
+            json_schema_extra={"pattern": RFC3339_PATTERN},
+        ),
+    ] = None,
     q: Annotated[
         str | None,
         Query(

@@ -179,3 +179,24 @@ def test_no_route_is_left_out_of_the_rules(api: Api) -> None:
     routes = list(api_routes(api.client.app.router.routes))  # type: ignore[attr-defined]
     assert routes
     assert all(isinstance(r, APIRoute) and r._vigil_strict for r in routes)  # type: ignore[attr-defined]
+
+
+def test_the_openapi_document_states_the_rules_the_server_enforces(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    models = schema["components"]["schemas"]
+    stamp = re.compile(models["AuditEventIn"]["properties"]["occurred_at"]["pattern"])
+    assert stamp.fullmatch("2024-05-01T12:00:00.5+01:00")
+    for refused in ("2024-13-01T12:00:00Z", "0000-01-01T00:00:00Z", "2024-05-01T12:00:00"):
+        assert not stamp.fullmatch(refused), refused
+    [_single, batch] = schema["paths"]["/v1/events"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]["oneOf"]
+    assert (batch["minItems"], batch["maxItems"]) == (1, api.services.settings.max_batch_events)
+    assert re.fullmatch(models["KeyCreate"]["properties"]["tenant"]["pattern"], "acme")
+    parameters = {p["name"]: p for p in schema["paths"]["/v1/events"]["get"]["parameters"]}
+    for name in ("since", "until"):
+        assert parameters[name]["schema"]["pattern"] == stamp.pattern
+    action = re.compile(parameters["action"]["schema"]["pattern"])
+    assert action.fullmatch("conversation.*")
+    assert action.fullmatch("auth.login")
+    assert not action.fullmatch("Not An Action")
