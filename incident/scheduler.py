@@ -42,6 +42,12 @@ class EscalationScheduler(Sink):
         self._monotonic = monotonic
         self._last: float | None = None
 
+    def position(self) -> int:
+        """At least the ledger's head: the scheduler consumes no records, so a first
+        start (or a restart after a long stop) skips the history instead of reading it."""
+        head = self.incidents.ledger.recorder.max_notification_id() or 0
+        return max(super().position(), head)
+
     def deliver(self, page: Page) -> int | None:
         return None  # nothing to deliver: the scheduler only needs the runner's ticks
 

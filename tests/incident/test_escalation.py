@@ -14,8 +14,10 @@ import pytest
 from incident import Actor, ConfigurationError, Incidents
 from incident.escalation import EscalationPolicy, ManualClock, Rotation, load_policies
 from incident.notify import Notifier, SmtpConfig, Webhook, verify_signature
+from tests.events import audit_event
 from tests.incident.conftest import START, OpenIncidents
 from tests.incident.peers import Received, http_peer, json_answer, smtp_peer
+from tests.stores import Store
 
 POLICY = {
     "name": "payments",
@@ -251,3 +253,32 @@ def test_a_wrong_smtp_password_is_reported_without_the_password(
     assert "0 notification(s) delivered, 1 failed: email SMTP" in shown["timeline"][-1]["text"]
     trail = b"".join(str(r).encode() for r in incidents.ledger.read("acme", limit=100))
     assert b"wrong-secret-value" not in trail
+
+
+def test_vigil_worker_runs_the_scheduler_as_a_follower(
+    store: Store, open_incidents: OpenIncidents, clock: ManualClock
+) -> None:
+    from api.followers import build_followers
+    from audit_core.followers import FollowerRunner, open_store
+    from incident.scheduler import EscalationScheduler
+
+    incidents = open_incidents()
+    incidents.ledger.record("acme", [audit_event("before")])
+    opened = incidents.open("acme", "x", "SEV2", policy=POLICY)
+    followers = open_store(store.settings().ledger_env())
+    try:
+        registered = build_followers(store.settings(), incidents.ledger, followers)
+        assert "incident-escalation" in [f.name for f in registered]
+        for follower in registered:
+            follower.close()
+        scheduler = EscalationScheduler(incidents, followers.positions, every_seconds=0)
+        # It consumes no records: it starts at the ledger's head, not at its beginning.
+        assert scheduler.position() == incidents.ledger.recorder.max_notification_id()
+        runner = FollowerRunner(incidents.ledger, scheduler, followers)
+        runner.run_once()
+        clock.advance(timedelta(minutes=5))
+        runner.run_once()
+        runner.run_once()
+    finally:
+        followers.close()
+    assert len(_paged(incidents, opened.incident_id)) == 2
