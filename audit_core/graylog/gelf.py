@@ -58,6 +58,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 ASCII-only in Graylog (Java) and Graylog turns dots into underscores (Elasticsearch 2
 refused them), so a dot would silently become a clash; both are spelled ``_`` here."""
 _DIGEST_LENGTH = 8
+_ACTOR = {key: f"_actor_{key}" for key in ("id", "type", "ip", "user_agent", "session_id")}
+_TARGET = {key: f"_target_{key}" for key in ("type", "id", "name")}
 
 
 @dataclass(frozen=True)
@@ -143,18 +145,19 @@ class MessageBuilder:
         }
         for key, value in actor.items():
             if value is not None:
-                message[f"_actor_{key}"] = value
+                message[_ACTOR.get(key) or f"_actor_{key}"] = value
         if target:
             for key, value in target.items():
                 if value is not None:
-                    message[f"_target_{key}"] = value
+                    message[_TARGET.get(key) or f"_target_{key}"] = value
         if record.get("request_id") is not None:
             message["_request_id"] = record["request_id"]
         if redacted:
             message["_hmac_paths"] = ",".join(redacted)
         meta = body.get("metadata") or {}
         if meta:
-            fields, omitted = meta_fields(meta, set(message), self.options.max_meta_fields)
+            # No other field's name starts with _meta_: none can clash with these.
+            fields, omitted = meta_fields(meta, (), self.options.max_meta_fields)
             message.update(fields)
             if omitted:
                 message[OMITTED] = omitted
