@@ -646,7 +646,9 @@ class Incidents(Application[UUID]):
         now = now or self.clock()
         self._refresh()
         done: list[dict[str, Any]] = []
-        for incident_id in sorted(self._escalating):
+        with self._index_lock:  # API threads refresh the index too
+            escalating = sorted(self._escalating)
+        for incident_id in escalating:
             tenant = self._tenants[incident_id]
             if tenants is not None and tenant not in tenants:
                 continue
@@ -711,6 +713,10 @@ class Incidents(Application[UUID]):
 
     # -- reading ----------------------------------------------------------------------
 
+    def _incident_ids(self, tenant: str) -> list[UUID]:
+        with self._index_lock:
+            return [i for i, t in self._tenants.items() if t == tenant]
+
     def get(self, tenant: str, incident_id: UUID) -> dict[str, Any]:
         """One incident with its timeline, evidence, runbook steps and escalation."""
         return self._load(tenant, incident_id).details()
@@ -731,7 +737,7 @@ class Incidents(Application[UUID]):
     ) -> list[dict[str, Any]]:
         """The tenant's incidents, newest first, as summaries."""
         self._refresh()
-        ids = [i for i, t in self._tenants.items() if t == tenant]
+        ids = self._incident_ids(tenant)
         found = []
         for incident_id in ids:
             incident: Incident = self.repository.get(incident_id)
@@ -753,7 +759,7 @@ class Incidents(Application[UUID]):
         with contextlib.suppress(ValueError):
             return UUID(text)
         self._refresh()
-        matches = [i for i, t in self._tenants.items() if t == tenant and i.hex.startswith(text)]
+        matches = [i for i in self._incident_ids(tenant) if i.hex.startswith(text)]
         if len(matches) != 1 or len(text) < 4:
             raise IncidentNotFoundError(tenant, ref)
         return matches[0]

@@ -104,14 +104,34 @@ def render(
         raise ConfigurationError("format", f"{format!r} is not md or html")
     env = environment(templates_dir)
     try:
-        return env.get_template(FORMATS[format]).render(context(incident, ledger))
+        template = env.get_template(FORMATS[format])
     except TemplateNotFound as missing:
         raise ConfigurationError(str(missing), "post-mortem template not found") from None
     except TemplateError as error:
         where = getattr(error, "filename", None) or FORMATS[format]
-        line = getattr(error, "lineno", None)
-        place = f"{where}:{line}" if line else where
-        raise ConfigurationError(place, f"template error: {error.message}") from None
+        raise ConfigurationError(
+            f"{where}:{getattr(error, 'lineno', 1)}", f"template error: {error.message}"
+        ) from None
+    try:
+        return template.render(context(incident, ledger))
+    except TemplateError as error:
+        where = template.filename or FORMATS[format]
+        line = _template_line(error, where)
+        raise ConfigurationError(
+            f"{where}:{line}" if line else where, f"template error: {error.message}"
+        ) from None
+
+
+def _template_line(error: BaseException, filename: str) -> int | None:
+    """The template's line where rendering failed: Jinja puts the template's own frames
+    in the traceback, with its file name and line."""
+    line = None
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def publish(
