@@ -36,7 +36,10 @@ def test_a_users_template_overrides_the_shipped_one(incidents: Incidents, tmp_pa
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ("line one\n{{ incident.no_such_field }}\n", r"postmortem\.md\.j2:2: template error: .* no attribute .no_such_field."),
+        (
+            "line one\n{{ incident.no_such_field }}\n",
+            r"postmortem\.md\.j2:2: template error: .* no attribute .no_such_field.",
+        ),
         ("{{ incident.__class__.__mro__ }}", "template error"),
         ("{% for x in %}", r"postmortem\.md\.j2:1: template error"),
     ],
