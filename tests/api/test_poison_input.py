@@ -147,3 +147,15 @@ def test_every_json_body_is_read_as_i_json_with_storable_text(api: Api) -> None:
     assert response.status_code == 422, response.text
     assert response.json()["problems"][0]["field"] == "networks.0"
     assert [key.roles for key in api.services.keys.list("acme")] == [("admin",)]
+
+
+def test_a_lone_surrogate_in_a_body_is_refused_as_not_i_json(api: Api, cli: Vigil) -> None:
+    body = orjson.dumps(audit_event("lone")).replace(b"u-1001", b"\\ud800")
+    headers = {**api.headers("acme", "ingest"), **JSON}
+    response = api.client.post("/v1/events", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "not valid I-JSON" in response.json()["detail"]
+    result = cli("record", "--tenant", "default", stdin=body.decode() + "\n")
+    assert result.exit_code == 2
+    assert "line 1: not valid JSON" in result.stderr
+    assert api.size("acme") == 0
