@@ -52,6 +52,7 @@ class BlindIndex:
         # each once per process is most of what blinding costs the follower.
         self.value = functools.lru_cache(maxsize=65_536)(self._value)
         self.word = functools.lru_cache(maxsize=65_536)(self._word)
+        self.search = functools.lru_cache(maxsize=16_384)(self._search)
 
     def _value(self, tenant: str, field: str, value: str) -> str:
         """The digest of an identifier: 128 bits, base64url (22 characters)."""
@@ -66,7 +67,7 @@ class BlindIndex:
         digest = hashlib.blake2b(data, key=self._key, digest_size=8).digest()
         return base64.b32encode(digest).decode()[:13].lower()
 
-    def search(self, tenant: str, text: str) -> str:
+    def _search(self, tenant: str, text: str) -> str:
         """The searchable form of a row's metadata text (values one per line): each
         value's words as digests, values apart, with a space at each end."""
         values = [words(line) for line in text.split("\n")]
