@@ -22,7 +22,7 @@ import hashlib
 import ipaddress
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -223,8 +223,10 @@ class Detector:
         rules: Sequence[Rule],
         state: Mapping[StateKey, Any] | None = None,
         secret: bytes = b"",
+        is_own: Callable[[Record], bool] = is_incident_record,
     ):
         self.rules = list(rules)
+        self.is_own = is_own
         # Attribute values (e-mail addresses, phone numbers) are remembered as keyed
         # digests: equality is all a value_claimed rule needs of them.
         self._secret = hashlib.blake2b(secret, digest_size=32, person=b"vigil-detect").digest()
@@ -313,9 +315,9 @@ class Detector:
     def process(self, records: Iterable[Record]) -> list[Detection]:
         detections: list[Detection] = []
         by_action, any_action, learners = self._by_action, self._any_action, self._learners
-        claimed = self._learner_ids
+        claimed, is_own = self._learner_ids, self.is_own
         for record in records:
-            if is_incident_record(record):
+            if is_own(record):
                 continue
             candidates = by_action.get(record.get("action"), ())  # type: ignore[arg-type]
             for rule in learners:

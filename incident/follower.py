@@ -23,6 +23,7 @@ runner reloads (an error, a change of leader), it is read again from the table.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -40,7 +41,7 @@ from psycopg.sql import SQL, Identifier
 
 from audit_core.followers.follower import Page, PoisonRecordError, View
 from incident.application import Detection as IncidentDetection
-from incident.application import Incidents, IncidentSQLiteRecorder
+from incident.application import Incidents, IncidentSQLiteRecorder, is_incident_record
 from incident.detector import (
     Detection,
     Detector,
@@ -50,7 +51,7 @@ from incident.detector import (
     coalesce,
 )
 from incident.exceptions import IncidentError
-from incident.rules import Rule
+from incident.rules import Record, Rule
 
 FOLLOWER_NAME = "incident-detector"
 STATE_TABLE = "incident_detector_state"
@@ -277,6 +278,55 @@ def _handed_over(detection: Detection) -> IncidentDetection:
     )
 
 
+_AUDIT_ID = re.compile(r"^incident-([0-9a-f-]{36})-([1-9][0-9]{0,9})$")
+
+
+class OwnRecords:
+    """Recognises the incident module's audit records by what is stored, not only by
+    what they say: a client may record an ``incident.*`` action as ``system`` and
+    ``vigil`` too (to hide from the rules), but not the incident event its id names.
+
+    A record is the module's own when it looks like one (``is_incident_record``), its
+    id is ``incident-<incident id>-<version>``, that version of that incident is stored,
+    and the incident is of the record's tenant. A record that fails this feeds the
+    rules like any client's."""
+
+    def __init__(self, incidents: Incidents, remembered: int = 10_000):
+        self.incidents = incidents
+        self.remembered = remembered
+        self._tenants: dict[UUID, str | None] = {}
+
+    def __call__(self, record: Record) -> bool:
+        if not is_incident_record(record):
+            return False
+        match = _AUDIT_ID.fullmatch(str(record.get("id") or ""))
+        if match is None:
+            return False
+        try:
+            incident_id = UUID(match[1])
+        except ValueError:
+            return False
+        version = int(match[2])
+        if self._tenant(incident_id) != record.get("tenant"):
+            return False
+        stored = self.incidents.recorder.select_events(
+            incident_id, gt=version - 1, lte=version, limit=1
+        )
+        return bool(stored)
+
+    def _tenant(self, incident_id: UUID) -> str | None:
+        if incident_id not in self._tenants:
+            if len(self._tenants) >= self.remembered:
+                self._tenants.clear()
+            first = self.incidents.recorder.select_events(incident_id, lte=1, limit=1)
+            tenant = None
+            if first:
+                opened = self.incidents.mapper.to_domain_event(first[0])
+                tenant = getattr(opened, "tenant", None)
+            self._tenants[incident_id] = tenant
+        return self._tenants[incident_id]
+
+
 class DetectorFollower(View):
     """Runs the detection rules over every new page of the ledger."""
 
@@ -294,7 +344,11 @@ class DetectorFollower(View):
         # Keyed with the storage cipher's key when there is one, like the ledger's index
         # of event ids, so that the state table does not reveal the values it compares.
         self.secret = (incidents.env.get("CIPHER_KEY") or "").encode()
-        self.detector = Detector(self.rules, self.sink.load_state(), self.secret)
+        self.own = OwnRecords(incidents)
+        self.detector = self._detector()
+
+    def _detector(self) -> Detector:
+        return Detector(self.rules, self.sink.load_state(), self.secret, self.own)
 
     @classmethod
     def open(
@@ -316,7 +370,7 @@ class DetectorFollower(View):
             raise
 
     def reload(self) -> None:
-        self.detector = Detector(self.rules, self.sink.load_state(), self.secret)
+        self.detector = self._detector()
 
     def handle(self, page: Page) -> None:
         records = page.records

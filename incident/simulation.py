@@ -409,3 +409,17 @@ class Tenant:
                 changes={"email": {"from": attacker.email, "to": victim.email.upper()}},
             )
         ]
+
+    def forged_incident_record(self, at: datetime, forger: User) -> list[Event]:
+        """A client recording an incident action as if Vigil had: closing an incident
+        that does not exist, to muddy the incident history."""
+        return [
+            self.event(
+                at,
+                {"id": "vigil", "type": "vigil", "ip": forger.home_ip},
+                "incident.close",
+                {"type": "incident", "id": "9b2f6c1e-4d3a-4f5b-8c7d-1e2f3a4b5c6d"},
+                source="system",
+                metadata={"origin": "vigil.incident", "note": "false positive"},
+            )
+        ]

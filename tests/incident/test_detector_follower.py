@@ -14,6 +14,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from audit_core import Ledger
+from audit_core.domain import client_content
 from audit_core.followers import FollowerRunner, FollowerStore, Page, open_store
 from incident.application import Incidents
 from incident.detector import Detector
@@ -239,3 +240,26 @@ def test_the_state_table_keeps_no_attribute_value_in_clear(
     assert cells, "the detector keeps who holds what"
     for secret in (victim.email, victim.phone, victim.external_account_id):
         assert secret.encode() not in cells
+
+
+def test_a_record_dressed_as_the_incident_modules_own_is_not_taken_for_it(
+    deployment: Deployment,
+) -> None:
+    runner = deployment.runner(deployment.follower())
+    deployment.brute_force(attempts=10)
+    runner.drain()
+    [genuine] = deployment.listed()
+    # Copies of the genuine audit record, as a client with an ingest key may record
+    # them: under an id naming no stored event, and in another tenant.
+    [own] = [r for r in deployment.ledger.latest("acme", 5) if r["action"] == "incident.open"]
+    forged = {**client_content(own), "id": f"incident-{genuine['id']}-7"}
+    forged_elsewhere = {**client_content(own), "id": own["id"]}
+    deployment.ledger.record("acme", [forged])
+    deployment.ledger.record("globex", [forged_elsewhere])
+    runner.drain()
+    found = {(i["rule"], i["tenant"]) for i in deployment.listed()}
+    assert ("forged-incident-record", "acme") in found
+    elsewhere = deployment.incidents.list_incidents("globex")
+    assert [i["rule"] for i in elsewhere] == ["forged-incident-record"]
+    # The genuine records (the two openings just now included) opened nothing.
+    assert len(deployment.listed()) == 2

@@ -33,7 +33,9 @@ def record_all(ledger: Ledger, tenant: str, events: list[Event]) -> list[dict[st
 
 
 def detect(records: list[dict[str, Any]]) -> list[Detection]:
-    return Detector(load_rules(RULES)).process(records)
+    # What the follower's check of the incident module's records concludes here: no
+    # record of these trails was written by it (``OwnRecords`` has its own tests).
+    return Detector(load_rules(RULES), is_own=lambda record: False).process(records)
 
 
 def ordinary(tenant: Tenant) -> list[Event]:
@@ -92,6 +94,9 @@ class Attacked:
             "identity-attribute-takeover": tenant.identity_takeover(
                 at("2026-11-17T16:45:00+00:00"), users[90], users[91]
             ),
+            "forged-incident-record": tenant.forged_incident_record(
+                at("2026-11-17T17:05:00+00:00"), users[33]
+            ),
         }
         events = ordinary(tenant) + [e for attack in self.attacks.values() for e in attack]
         events.sort(key=lambda event: event["occurred_at"])
@@ -122,6 +127,7 @@ def attacked(store: SQLiteStore) -> Attacked:
         ("bulk-export-large", "bulk-export-large:u-0062", "SEV3"),
         ("leaked-token-new-network", "leaked-token-new-network:int-crm-sync", "SEV2"),
         ("identity-attribute-takeover", "identity-attribute-takeover:u-0091", "SEV1"),
+        ("forged-incident-record", "forged-incident-record:vigil", "SEV2"),
     ],
 )
 def test_each_shipped_rule_fires_on_its_attack_and_only_on_it(

@@ -28,7 +28,7 @@ def test_check_lists_every_valid_rule(sqlite_store: SQLiteStore) -> None:
     result = vigil(sqlite_store, "rules", "check", str(RULES), "--no-runbooks")
     assert result.exit_code == 0, result.output
     assert "brute-force-login  SEV2  count >= 10 within 10m group by target.id" in result.stdout
-    assert "7 rule(s) valid" in result.stdout
+    assert "8 rule(s) valid" in result.stdout
 
 
 def test_check_refuses_bad_files_naming_file_and_line(
