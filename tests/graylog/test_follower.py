@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -182,16 +182,13 @@ def test_sensitive_metadata_never_crosses_the_wire_in_clear(
         assert all(len(m["_meta_email"]) == 64 for m in receiver.messages)
 
 
-def test_a_shipper_killed_mid_stream_resumes_where_graylog_confirmed(
-    store: Store, ledger: Ledger, tmp_path: Path
-) -> None:
-    # A slow input, so that the kill lands while the stream is flowing.
-    receiver = TcpReceiver(read_delay=0.002).start()
-    try:
-        records: list[dict[str, Any]] = []
-        for batch in range(6):
-            records += ledger.record("acme", audit_events(1000, prefix=f"b{batch}"))
-        env = {
+class Workers:
+    """``vigil worker --only graylog:main`` processes shipping to ``receiver``, as an
+    operator runs them; every one is killed at the end, and their output kept in a log
+    that a failed wait shows."""
+
+    def __init__(self, store: Store, receiver: TcpReceiver, tmp_path: Path):
+        self.env = {
             **os.environ,
             "VIGIL_DATABASE_URL": store.url,
             "VIGIL_GRAYLOG_DESTINATIONS": f"main=tcp://127.0.0.1:{receiver.port}",
@@ -199,40 +196,84 @@ def test_a_shipper_killed_mid_stream_resumes_where_graylog_confirmed(
             # The source tree, wherever the test runs from.
             "PYTHONPATH": str(ROOT),
         }
+        self.receiver = receiver
+        self.log_path = tmp_path / "worker.log"
+        self.log = self.log_path.open("wb")
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
         command = [str(Path(sys.executable).with_name("vigil")), "worker", "--only", "graylog:main"]
-        log = (tmp_path / "worker.log").open("wb")
-        first = subprocess.Popen(command, env=env, cwd=ROOT, stderr=log)
+        self.processes.append(subprocess.Popen(command, env=self.env, cwd=ROOT, stderr=self.log))
+        return self.processes[-1]
+
+    def wait_for_events(self, count: int, timeout: float = 120) -> None:
+        """Until ``count`` distinct events have arrived."""
         try:
-            wait_or_show_log(lambda: receiver.wait_for(1500, timeout=60), tmp_path / "worker.log")
+            self.receiver.wait_until(lambda: len(self.receiver.by_event_id()) >= count, timeout)
+        except AssertionError as error:
+            said = self.log_path.read_text()[-3000:]
+            raise AssertionError(f"{error}; the workers said:\n{said}") from None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        self.log.close()
+
+
+def test_a_shipper_killed_mid_stream_resumes_where_graylog_confirmed(
+    store: Store, ledger: Ledger, tmp_path: Path
+) -> None:
+    # A slow input, so that the kill lands while the stream is flowing.
+    receiver = TcpReceiver(read_delay=0.002).start()
+    records: list[dict[str, Any]] = []
+    for batch in range(6):
+        records += ledger.record("acme", audit_events(1000, prefix=f"b{batch}"))
+    try:
+        with Workers(store, receiver, tmp_path) as workers:
+            first = workers.start()
+            workers.wait_for_events(1500)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
             assert len(receiver.messages) < len(records)  # it died mid-stream
-            second = subprocess.Popen(command, env=env, cwd=ROOT, stderr=log)
-            try:
-                wait_or_show_log(
-                    lambda: receiver.wait_until(
-                        lambda: len(receiver.by_event_id()) == len(records), 120
-                    ),
-                    tmp_path / "worker.log",
-                )
-            finally:
-                second.terminate()
-                assert second.wait(timeout=30) == 0
-        finally:
-            if first.poll() is None:
-                first.kill()
-            first.wait()
-            log.close()
+            second = workers.start()
+            workers.wait_for_events(len(records))
+            second.terminate()
+            assert second.wait(timeout=30) == 0
     finally:
         receiver.stop()
     assert_exactly(receiver, records)
 
 
-def wait_or_show_log(wait: Callable[[], object], log: Path) -> None:
+def test_one_shipper_leads_and_a_standby_takes_over_when_it_dies(
+    store: Store, ledger: Ledger, tmp_path: Path
+) -> None:
+    receiver = TcpReceiver().start()
+    followers_store = open_store(store.settings().ledger_env())
+    positions = followers_store.positions
     try:
-        wait()
-    except AssertionError as error:
-        raise AssertionError(f"{error}; the worker said:\n{log.read_text()[-3000:]}") from None
+        with Workers(store, receiver, tmp_path) as workers:
+            leader = workers.start()
+            first = ledger.record("acme", audit_events(100, prefix="first"))
+            workers.wait_for_events(100)
+            workers.start()  # stands by
+            second = ledger.record("acme", audit_events(100, prefix="second"))
+            workers.wait_for_events(200)
+            head = ledger.recorder.max_notification_id()
+            receiver.wait_until(lambda: positions.max_tracking_id("graylog:main") == head)
+            # Two processes ran, one shipped: nothing came twice.
+            assert all(len(copies) == 1 for copies in receiver.by_event_id().values())
+            leader.send_signal(signal.SIGKILL)
+            third = ledger.record("acme", audit_events(100, prefix="third"))
+            workers.wait_for_events(300)
+    finally:
+        receiver.stop()
+        followers_store.close()
+    assert_exactly(receiver, first + second + third)
 
 
 def test_the_follower_is_named_after_its_destination(store: Store, ledger: Ledger) -> None:
