@@ -14,8 +14,10 @@ compete with the shipper for the GIL):
 3. Lag: the shipper running (as in ``vigil worker``) while a writer process (as the
    API would be) records a steady 2,000 events/s, 20 every 10 ms; lag is the input's
    receipt time minus each record's ``received_at`` (stamped just before its commit),
-   as p50/p99/max, beside the follower's poll interval (the runner polls here, as on
-   SQLite: a new record waits up to one interval).
+   as p50/p99/max, beside the follower's poll interval (on SQLite a new record waits
+   up to one interval; on PostgreSQL the ledger's NOTIFY wakes the shipper).
+4. What building and packing one GELF message costs, beside graypy's own packer
+   (``BaseGELFHandler._pack_gelf_dict``) of the same messages.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 
 import httpx
 import orjson
+from graypy.handler import BaseGELFHandler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,7 +49,7 @@ from ledger import connect, fresh_schema, with_schema  # type: ignore[import-not
 
 from api.settings import Settings
 from audit_core import Ledger
-from audit_core.followers import FollowerRunner, open_store
+from audit_core.followers import FollowerRunner, Worker, open_store
 from audit_core.graylog import GraylogShipper, MessageBuilder, MessageOptions, parse_destinations
 
 # -- the GELF input, in its own process ----------------------------------------------
@@ -225,9 +228,11 @@ def lag(settings: Settings, ledger: Ledger, rate: int, seconds: float, poll: flo
     store = open_store(settings.ledger_env())
     shipper = GraylogShipper(destination, BUILDER, store.positions)
     runner = FollowerRunner(ledger, shipper, store, poll_interval=poll)
+    # As in `vigil worker`: woken by the ledger's NOTIFY on PostgreSQL, polling on SQLite.
+    worker = Worker(ledger, store, [runner])
     # Start after what the throughput runs recorded, as a worker that has caught up.
     shipper.skip_to(ledger.recorder.max_notification_id() or 0)
-    runner.start()
+    worker.start()
     # The writer is another process, as the API is beside `vigil worker`.
     writer = subprocess.Popen(
         [
@@ -249,7 +254,7 @@ def lag(settings: Settings, ledger: Ledger, rate: int, seconds: float, poll: flo
         if writer.poll() is None:
             writer.kill()
             writer.wait()
-        runner.stop()
+        worker.stop()
         shipper.close()
         store.close()
 
@@ -335,7 +340,22 @@ def bench(args: argparse.Namespace, settings: Settings, ledger: Ledger) -> None:
     records = record(ledger, args.events, "tp")
     payloads = [BUILDER.pack(r) for r in records]
     size = statistics.mean(len(p) for p in payloads)
-    print(f"{len(payloads)} messages of {size:.0f} bytes on average\n")
+    print(f"{len(payloads)} messages of {size:.0f} bytes on average")
+    sample = records[:2000]
+    started = time.perf_counter()
+    messages = [BUILDER.message(r) for r in sample]
+    built = time.perf_counter()
+    for message in messages:
+        orjson.dumps(message)
+    packed = time.perf_counter()
+    for message in messages:
+        BaseGELFHandler._pack_gelf_dict(message)
+    graypy = time.perf_counter()
+    per = 1e6 / len(sample)
+    print(
+        f"GELF message: built in {(built - started) * per:.1f} µs, packed in "
+        f"{(packed - built) * per:.1f} µs (graypy's packer: {(graypy - packed) * per:.1f} µs)\n"
+    )
     print(f"{'transport':<22}{'raw send msg/s':>16}{'shipper msg/s':>16}{'shipper/raw':>13}")
     for run in range(args.runs):
         raw, shipped = tcp(settings, ledger, payloads, run)
