@@ -5,6 +5,8 @@ Run ``python bench/archive.py`` (see ``--help``). It starts moto's S3 server as 
 process of its own on loopback, records ``--records`` events of ``bench/ledger.py``'s
 shape into a fresh ledger (SQLite file by default, or ``--database-url``), then:
 
+0. Floor: the follower runner reading and decoding every page for a sink that sends
+   nothing.
 1. Vigil: the archiver (the real sink follower, driven by the follower runner) reads
    every record, cuts segments of ``--segment-records``, gzips them, writes each segment
    and its signed digest with Object Lock, SHA-256 checksum and SSE; records/s from the
@@ -44,7 +46,7 @@ from audit_core.archive.follower import ArchiveFollower
 from audit_core.archive.s3 import ArchiveBucket, BucketSettings
 from audit_core.archive.verify import ArchiveVerifier
 from audit_core.archive.writer import ArchiveWriter
-from audit_core.followers import FollowerRunner, open_store
+from audit_core.followers import FollowerRunner, FollowerStore, Page, Sink, open_store
 from audit_core.transparency.note import Signer
 
 
@@ -72,6 +74,22 @@ def start_s3() -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
     process.kill()
     raise SystemExit("moto_server did not start")
+
+
+class NullSink(Sink):
+    """Reads and decodes every page as a sink does, and sends nothing: the floor."""
+
+    name = "bench-null"
+
+    def __init__(self, store: FollowerStore):
+        self.tracking = store.positions
+
+    def deliver(self, page: Page) -> int | None:
+        page.records  # noqa: B018  (decoding is part of any sink's cost)
+        return None
+
+    def clear(self) -> None:
+        pass
 
 
 def fill(ledger: Ledger, records: int, tenants: int) -> None:
@@ -120,6 +138,11 @@ def main() -> None:
             segment_seconds=3600,
             clock=lambda: now[0],
         )
+        reader = NullSink(store)
+        started = time.perf_counter()
+        FollowerRunner(ledger, reader, store, page_size=2000).drain()
+        read_time = time.perf_counter() - started
+
         runner = FollowerRunner(ledger, follower, store, page_size=2000)
         started = time.perf_counter()
         runner.drain()
@@ -160,6 +183,7 @@ def main() -> None:
         )
         row = "{:<34}{:>12,.0f} records/s  {:6.2f} s{}"
         print(row.format("archive (Vigil)", n / archive_time, archive_time, ""))
+        print(row.format("ledger pages read, nothing sent", n / read_time, read_time, "  floor"))
         print(row.format("bare put_object, same bytes", n / bare_time, bare_time, "  baseline"))
         print(row.format("archive verify (S3 alone)", verified / verify_time, verify_time, ""))
         store.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,7 +66,10 @@ class ArchiveFollower(Sink):
         segment_seconds: float = 60.0,
         name: str = "archive",
         clock: Callable[[], float] = time.time,
+        writers: int = 8,
     ):
+        """``writers``: how many tenants' segments are written to S3 at once (one
+        tenant's always one after the other: each digest names the one before)."""
         self.writer = writer
         self.tracking = tracking
         self.name = name
@@ -77,6 +81,7 @@ class ArchiveFollower(Sink):
         """The position of the last page delivered."""
         self.segments_written = 0
         self.records_written = 0
+        self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="vigil-archive")
 
     # -- the runner's hooks -------------------------------------------------------------
 
@@ -91,24 +96,20 @@ class ArchiveFollower(Sink):
                 raise PoisonRecordError(f"undecodable record: {error}", index) from error
             self._take(record, stored_hash, _stored_line(stored), page.ids[index], index)
         self._delivered = max(self._delivered, page.position)
-        for state in list(self._open.values()):
-            while state.lines and self._due(state, by_time=False):
-                if not self._close(state):
-                    break
+        self._write_due(by_time=False)
         return self._confirmed()
 
     def flush(self) -> int | None:
-        for state in list(self._open.values()):
-            while state.lines and self._due(state, by_time=True):
-                if not self._close(state):
-                    break
-        confirmed = self._confirmed()
-        return confirmed if confirmed <= self._delivered else None
+        self._write_due(by_time=True)
+        return self._confirmed()
 
     def reload(self) -> None:
         # The runner reads again from the stored position; S3 says where each tenant is.
         self._open.clear()
         self._delivered = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def clear(self) -> None:
         """Start following from the ledger's first record again. What S3 holds stays
@@ -176,8 +177,38 @@ class ArchiveFollower(Sink):
             return True
         return by_time and self.clock() - state.opened >= self.segment_seconds
 
-    def _close(self, state: _Open) -> bool:
-        """Write the segment that is due; False if it must wait (no checkpoint yet)."""
+    def _write_due(self, *, by_time: bool) -> None:
+        """Write every segment that is due, returning once S3 has confirmed them."""
+        waiting: set[str] = set()
+        while True:
+            due = [
+                state
+                for tenant, state in self._open.items()
+                if tenant not in waiting and state.lines and self._due(state, by_time=by_time)
+            ]
+            if not due:
+                return
+            cut = [(state, *self._cut(state)) for state in due]
+            futures = [
+                self._pool.submit(self.writer.write, state.head, segment)
+                for state, segment, _ in cut
+            ]
+            failure: BaseException | None = None
+            for (state, _, count), future in zip(cut, futures, strict=True):
+                try:
+                    head = future.result()
+                except BaseException as error:  # raised below, once every write has ended
+                    failure = failure or error
+                    continue
+                if head is None:
+                    waiting.add(state.head.tenant)  # no checkpoint covers it yet
+                else:
+                    self._advance(state, head, count)
+            if failure is not None:
+                raise failure
+
+    def _cut(self, state: _Open) -> tuple[Segment, int]:
+        """The segment that is due, and how many held records it takes."""
         if state.end is not None:
             count = state.end - state.head.next_seq + 1
         else:
@@ -189,9 +220,9 @@ class ArchiveFollower(Sink):
             first_received_at=state.received[0],
             last_received_at=state.received[count - 1],
         )
-        head = self.writer.write(state.head, segment)
-        if head is None:
-            return False
+        return segment, count
+
+    def _advance(self, state: _Open, head: ChainHead, count: int) -> None:
         state.head = head
         del state.lines[:count], state.ids[:count], state.received[:count]
         state.end, state.end_checked = None, True
@@ -199,7 +230,6 @@ class ArchiveFollower(Sink):
             state.opened = _epoch(state.received[0])
         self.segments_written += 1
         self.records_written += count
-        return True
 
     def _confirmed(self) -> int:
         """Every record up to this notification id is in a written segment."""
