@@ -135,25 +135,33 @@ class ArchiveFollower(Sink):
         if state is None:
             head = self.writer.load_head(tenant, near=record["received_at"])
             state = self._open[tenant] = _Open(head, last_hash=head.last_hash)
-        if seq < state.next_seq:
-            return  # archived already, or held already
+        if seq < state.next_seq:  # archived already, or held already
+            if seq == state.head.next_seq - 1 and stored_hash != state.head.last_hash:
+                raise PoisonRecordError(
+                    f"tenant {tenant!r} seq {seq}: the ledger's record differs from the "
+                    "archived one: the ledger forked from what was archived (restored from "
+                    "an older backup?); `vigil archive verify --ledger` shows where",
+                    index,
+                )
+            return
         if seq > state.next_seq:
             raise PoisonRecordError(
                 f"tenant {tenant!r}: the ledger gave seq {seq} but the archive ends before "
-                f"seq {state.next_seq}; objects are missing from the archive or the "
-                "follower's position is ahead of it (`vigil archive verify` says which)",
+                f"seq {state.next_seq}; objects are missing from the archive, or the "
+                "follower's position is ahead of it (a new bucket or prefix: `vigil rebuild "
+                "archive` archives from the first record)",
                 index,
             )
         # The stored JSON is the canonical bytes unless the record holds floats: its
         # hash says which, and only then is the record encoded again.
         if line is None or hashlib.sha256(line).hexdigest() != stored_hash:
             line = canonical_bytes(record)
-        if hashlib.sha256(line).hexdigest() != stored_hash:
-            raise PoisonRecordError(
-                f"tenant {tenant!r} seq {seq}: the record does not hash to its stored hash; "
-                "its storage was changed behind the ledger's back (run `vigil verify`)",
-                index,
-            )
+            if hashlib.sha256(line).hexdigest() != stored_hash:
+                raise PoisonRecordError(
+                    f"tenant {tenant!r} seq {seq}: the record does not hash to its stored "
+                    "hash; its storage was changed behind the ledger's back (run `vigil verify`)",
+                    index,
+                )
         if record["prev_hash"] != state.last_hash:
             raise PoisonRecordError(
                 f"tenant {tenant!r} seq {seq}: prev_hash is not the hash of the record "

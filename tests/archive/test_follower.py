@@ -100,3 +100,33 @@ def test_a_restarted_archiver_does_not_archive_twice(
         assert len(archived_lines(bucket, "acme")) == 20
     finally:
         second.close()
+
+
+def test_stops_at_a_record_changed_behind_the_ledgers_back(
+    store: Store, archiving: Archiving, bucket: ArchiveBucket
+) -> None:
+    record(archiving.ledger, "acme", 25)
+    store.edit_stored_record("acme", 14, lambda r: r.update(action="x.forged"))
+
+    archiving.runner.drain()
+
+    assert archiving.runner.stopped_at is not None
+    reason = archiving.store.states.state("archive").stopped_reason or ""
+    assert "seq 14: the record does not hash to its stored hash" in reason
+    assert archived_objects(bucket, "acme")["segment"] == [(0, 9)]
+
+
+def test_stops_when_the_ledger_forked_from_what_was_archived(
+    store: Store, archiving: Archiving, bucket: ArchiveBucket
+) -> None:
+    record(archiving.ledger, "acme", 10)
+    archiving.runner.drain()
+    assert archived_objects(bucket, "acme")["segment"] == [(0, 9)]
+    # The database comes back from a backup whose last record differs from the archive's.
+    store.edit_stored_record("acme", 9, lambda r: r.update(action="x.other"), rehash=True)
+    archiving.store.states.rewind("archive", 0)
+
+    archiving.runner.drain()
+
+    reason = archiving.store.states.state("archive").stopped_reason or ""
+    assert "seq 9: the ledger's record differs from the archived one" in reason
