@@ -56,7 +56,7 @@ _STAMP = (1980, 1, 1, 0, 0, 0)
 
 
 def _b64(value: bytes) -> str:
-    return base64.b64encode(value).decode()
+    return binascii.b2a_base64(value, newline=False).decode()
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,11 @@ def tree_hash(size: int, read: HashReader) -> bytes:
     return EMPTY_ROOT if size == 0 else range_hash(0, size, read)
 
 
-def inclusion_proof(index: int, size: int, read: HashReader) -> list[bytes]:
-    """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1, leaf to root."""
+def inclusion_proof(
+    index: int, size: int, read: HashReader, memo: dict[tuple[int, int], bytes] | None = None
+) -> list[bytes]:
+    """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1, leaf to root. ``memo`` keeps range
+    hashes between calls: proofs of neighbouring leaves share most of them."""
     if not 0 <= index < size:
         raise SizeError(f"leaf index {index} is not in a tree of size {size}")
     proof: list[bytes] = []
@@ -100,11 +103,18 @@ def inclusion_proof(index: int, size: int, read: HashReader) -> list[bytes]:
     while end - start > 1:
         k = _split(end - start)
         if index < start + k:
-            proof.append(range_hash(start + k, end, read))
+            span = (start + k, end)
             end = start + k
         else:
-            proof.append(range_hash(start, start + k, read))
+            span = (start, start + k)
             start += k
+        if memo is None:
+            proof.append(range_hash(span[0], span[1], read))
+            continue
+        value = memo.get(span)
+        if value is None:
+            value = memo[span] = range_hash(span[0], span[1], read)
+        proof.append(value)
     proof.reverse()
     return proof
 

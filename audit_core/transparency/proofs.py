@@ -95,12 +95,13 @@ class TreeReader:
         node once."""
         tree_size, latest = self._size(tenant, size)
         hashes = self._hashes(tenant)
+        memo: dict[tuple[int, int], bytes] = {}
         for seq in seqs:
             if not 0 <= seq < tree_size:
                 raise SizeError(
                     f"seq {seq} is not in the tree of tenant {tenant!r} of size {tree_size}"
                 )
-            proof = inclusion_proof(seq, tree_size, hashes.read)
+            proof = inclusion_proof(seq, tree_size, hashes.read, memo)
             yield InclusionProof(seq, tree_size, hashes.read(0, seq), proof, latest)
 
     def consistency(
