@@ -129,6 +129,9 @@ def tree_reports(
         kept_by_tenant = _kept_by_tenant(kept, settings, names)
         if tenants is None:
             names += [name for name in kept_by_tenant if name not in names]
+        for name in kept_by_tenant:
+            if name not in names:
+                fail(f"a --checkpoint file is of tenant {name!r}, which --tenant leaves out", 2)
         if not keys:
             fail(
                 "--checkpoint needs a verifier key: set VIGIL_SIGNING_KEY_FILE or "
