@@ -43,7 +43,7 @@ from incident.exceptions import ConfigurationError, InvalidIncidentError, StepRe
 STEP_KINDS = ("manual", "http")
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _RUNBOOK_KEYS = {"name", "title", "description", "severity", "allowlist", "steps", "policy"}
-_STEP_KEYS = {"id", "title", "kind", "instructions", "http"}
+_STEP_KEYS = {"id", "title", "kind", "instructions", "http", "sealed"}
 _HTTP_KEYS = {
     "method",
     "url",
@@ -87,6 +87,9 @@ class RunbookStep:
     kind: str
     instructions: str = ""
     http: HttpStep | None = field(default=None, repr=False)
+    sealed: str | None = None
+    """The name of the vault secret that holds the whole ``http`` configuration (YAML),
+    for a step whose URL or headers must not sit in a file in clear."""
 
     def public(self) -> dict[str, Any]:
         """What the API shows of the step: never its HTTP configuration."""
@@ -226,14 +229,41 @@ def _parse_step(
     kind = raw.get("kind", "manual")
     if kind not in STEP_KINDS:
         raise fail(f"step {step_id}: kind {kind!r} is not manual or http", needle)
-    http = None
-    if kind == "http":
+    http, sealed = None, raw.get("sealed")
+    if kind == "http" and sealed is not None:
+        if "http" in raw or not isinstance(sealed, str) or not sealed:
+            raise fail(f"step {step_id}: give either http or sealed (a secret's name)", needle)
+    elif kind == "http":
         http = _parse_http(raw.get("http"), step_id, fail)
-    elif "http" in raw:
+    elif "http" in raw or sealed is not None:
         raise fail(f"step {step_id}: a manual step has no http", needle)
     return RunbookStep(
-        step_id, str(raw.get("title") or step_id), kind, str(raw.get("instructions") or ""), http
+        step_id,
+        str(raw.get("title") or step_id),
+        kind,
+        str(raw.get("instructions") or ""),
+        http,
+        sealed,
     )
+
+
+def unseal_http(step: RunbookStep, secrets: Mapping[str, str]) -> HttpStep:
+    """The configuration of a ``sealed`` step, from the vault; a missing or invalid one
+    refuses the step (its reason names the secret, never its content)."""
+    assert step.sealed is not None
+    text = secrets.get(step.sealed)
+    if text is None:
+        raise StepRefusedError(step.id, f"no secret {step.sealed!r} holds its configuration")
+
+    def fail(message: str, needle: str | None) -> ConfigurationError:
+        return ConfigurationError(f"secret {step.sealed!r}", message)
+
+    try:
+        data = yaml.safe_load(text)
+        return _parse_http(data, step.id, fail)
+    except (yaml.YAMLError, ConfigurationError) as error:
+        reason = str(error) if isinstance(error, ConfigurationError) else "not valid YAML"
+        raise StepRefusedError(step.id, f"sealed configuration refused: {reason}") from None
 
 
 def _parse_http(
@@ -534,14 +564,14 @@ class StepRunner:
     ) -> StepOutcome:
         """Run one automated step; a refusal or failure is an outcome with its reason,
         never an exception, so that it is recorded in the incident."""
-        assert step.http is not None
         try:
-            return self._run(runbook, step.http, {**context, "secrets": dict(secrets)})
+            http = step.http or unseal_http(step, secrets)
+            return self._run(runbook, http, {**context, "secrets": dict(secrets)})
         except StepRefusedError as refused:
             return StepOutcome(False, None, refused.reason, {})
         except httpx.TimeoutException:
             return StepOutcome(
-                False, None, f"timed out after {min(step.http.timeout, self.timeout_cap)} s", {}
+                False, None, f"timed out after {min(http.timeout, self.timeout_cap)} s", {}
             )
         except httpx.HTTPError as error:
             return StepOutcome(False, None, f"request failed: {type(error).__name__}", {})

@@ -315,11 +315,10 @@ def test_the_shipped_runbooks_load() -> None:
 
 
 def test_secrets_are_sealed_at_rest_and_never_in_responses_logs_or_the_ledger(
+    caplog: pytest.LogCaptureFixture,
     open_api: OpenApi,
     store: Store,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with http_peer(lambda r: json_answer(200, {"id": "b", "status": "active"})) as edge:
@@ -363,8 +362,9 @@ def test_secrets_are_sealed_at_rest_and_never_in_responses_logs_or_the_ledger(
         assert response.status_code == 200
         assert SECRET not in response.text
         assert "x-api-key" not in response.text.lower()
-    output = capsys.readouterr()
-    assert SECRET not in output.out + output.err + caplog.text
+    # Every library's log, at DEBUG: httpx and httpcore log each request they send.
+    assert "/v1/blocks" in caplog.text
+    assert SECRET not in caplog.text
     assert SECRET.encode() not in json.dumps(api.trail("acme")).encode()
     table = "incident_events"
     if isinstance(store, PostgresStore):
@@ -372,3 +372,37 @@ def test_secrets_are_sealed_at_rest_and_never_in_responses_logs_or_the_ledger(
     stored = store.cells(table)
     assert b"Sealed" in stored  # the vault's events are there...
     assert SECRET.encode() not in stored  # ...sealed
+
+
+def test_a_sealed_step_keeps_its_whole_configuration_encrypted(
+    open_incidents: OpenIncidents, store: Store, tmp_path: Path
+) -> None:
+    (tmp_path / "sealed.yaml").write_text(
+        "name: sealed\nallowlist: [127.0.0.1]\nsteps:\n"
+        "  - {id: block, title: Block, kind: http, sealed: edge_block}\n"
+    )
+    with http_peer(lambda r: json_answer(200, {"ok": True})) as edge:
+        incidents = open_incidents(
+            runbooks=RunbookCatalogue.load(tmp_path),
+            step_runner=StepRunner(NetworkPolicy.parse("127.0.0.1/32")),
+            secrets_key=KEY,
+        )
+        opened = incidents.open("acme", "x", "SEV2", runbook="sealed")
+        incidents.acknowledge("acme", opened.incident_id, ALICE)
+        missing = incidents.run_step("acme", opened.incident_id, "block", ALICE)
+        assert missing["step_outcome"]["reason"] == "no secret 'edge_block' holds its configuration"
+        assert incidents.vault is not None
+        incidents.vault.set(
+            "edge_block",
+            f"method: POST\nurl: http://127.0.0.1:{edge.port}/hidden-path\n"
+            f"headers: {{X-Api-Key: {SECRET}}}\nbody: {{ip: '{{{{ incident.ref }}}}'}}\n",
+        )
+        ran = incidents.run_step("acme", opened.incident_id, "block", ALICE)
+    assert ran["step_outcome"]["ok"] is True
+    [request] = edge.received
+    assert request.path == "/hidden-path"
+    assert request.headers["x-api-key"] == SECRET
+    table = "incident_events"
+    if isinstance(store, PostgresStore):
+        table = f'"{store.schema}".incidents_events'
+    assert b"hidden-path" not in store.cells(table)
