@@ -10,7 +10,7 @@ import typer
 
 from api.cli import fail, load_settings, out
 from audit_core.graylog import hmac_value, open_transport
-from audit_core.graylog.exceptions import DestinationConfigError
+from audit_core.graylog.exceptions import GraylogConfigError
 
 graylog_app = typer.Typer(help="The Graylog shipper: its destinations, and HMACs to search by.")
 
@@ -25,7 +25,7 @@ def destinations() -> None:
     settings = load_settings()
     try:
         targets, options = settings.graylog()
-    except DestinationConfigError as error:
+    except GraylogConfigError as error:
         fail(str(error), 2)
     if not targets:
         out.print("no Graylog destination: set VIGIL_GRAYLOG_DESTINATIONS (see docs/graylog.md)")
@@ -33,7 +33,7 @@ def destinations() -> None:
     for target in targets:
         try:
             transport = open_transport(target)
-        except DestinationConfigError as error:
+        except GraylogConfigError as error:
             fail(str(error), 2)
         out.print(
             f"{target.follower_name:<24} {target.address}  delivered = {transport.guarantee}",

@@ -3,7 +3,7 @@
 from audit_core.graylog.config import Destination, parse_destinations
 from audit_core.graylog.exceptions import (
     DeliveryError,
-    DestinationConfigError,
+    GraylogConfigError,
     GraylogError,
     MessageRefusedError,
 )
@@ -14,7 +14,7 @@ from audit_core.graylog.transports import Transport, open_transport
 __all__ = [
     "DeliveryError",
     "Destination",
-    "DestinationConfigError",
+    "GraylogConfigError",
     "GraylogError",
     "GraylogShipper",
     "MessageBuilder",

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import orjson
 from graypy.handler import LAN_CHUNK, WAN_CHUNK
 
-from audit_core.graylog.exceptions import DestinationConfigError
+from audit_core.graylog.exceptions import GraylogConfigError
 
 Scheme = Literal["tcp", "tls", "http", "https", "udp"]
 Compression = Literal["gzip", "zlib", "none"]
@@ -92,7 +92,7 @@ class Destination:
 
 
 def parse_destinations(text: str) -> list[Destination]:
-    """The destinations ``text`` configures (empty: none); ``DestinationConfigError``
+    """The destinations ``text`` configures (empty: none); ``GraylogConfigError``
     names the destination, the option and what would be right."""
     text = text.strip()
     if not text:
@@ -102,55 +102,55 @@ def parse_destinations(text: str) -> list[Destination]:
         try:
             entries = orjson.loads(text)
         except orjson.JSONDecodeError as error:
-            raise DestinationConfigError(f"{_SETTING} is not valid JSON: {error}") from None
+            raise GraylogConfigError(f"{_SETTING} is not valid JSON: {error}") from None
     elif "=" in text.split("://", 1)[0]:
         entries = {}
         for pair in text.split(","):
             name, sep, url = pair.strip().partition("=")
             if not sep or not url.strip():
-                raise DestinationConfigError(
+                raise GraylogConfigError(
                     f"{_SETTING}: {pair.strip()!r} is not name=URL (e.g. main=tcp://graylog:12201)"
                 )
             if name.strip() in entries:
-                raise DestinationConfigError(f"{_SETTING}: destination {name!r} appears twice")
+                raise GraylogConfigError(f"{_SETTING}: destination {name!r} appears twice")
             entries[name.strip()] = url.strip()
     else:
         entries = {"default": text}
     destinations = [_destination(name, options) for name, options in entries.items()]
     if not destinations:
-        raise DestinationConfigError(f"{_SETTING} is an empty JSON object; leave it unset")
+        raise GraylogConfigError(f"{_SETTING} is an empty JSON object; leave it unset")
     return destinations
 
 
 def _destination(name: str, options: Any) -> Destination:
     where = f"{_SETTING}, destination {name!r}"
     if not _NAME.fullmatch(name):
-        raise DestinationConfigError(f"{where}: the name must match {NAME_PATTERN}")
+        raise GraylogConfigError(f"{where}: the name must match {NAME_PATTERN}")
     if isinstance(options, str):
         options = {"url": options}
     if not isinstance(options, dict):
-        raise DestinationConfigError(f"{where}: give a URL or an object with 'url'")
+        raise GraylogConfigError(f"{where}: give a URL or an object with 'url'")
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         known = "; ".join(f"{key}: {meaning}" for key, meaning in _OPTIONS.items())
-        raise DestinationConfigError(f"{where}: unknown option {unknown[0]!r}; known: {known}")
+        raise GraylogConfigError(f"{where}: unknown option {unknown[0]!r}; known: {known}")
     if "url" not in options:
-        raise DestinationConfigError(f"{where}: 'url' is missing (e.g. tcp://graylog:12201)")
+        raise GraylogConfigError(f"{where}: 'url' is missing (e.g. tcp://graylog:12201)")
     url = urlsplit(str(options["url"]))
     if url.scheme not in get_args(Scheme):
-        raise DestinationConfigError(
+        raise GraylogConfigError(
             f"{where}: URL scheme {url.scheme!r} is not one of tcp, tls, http, https, udp"
         )
     scheme = cast(Scheme, url.scheme)
     try:
         port = url.port or DEFAULT_PORT
     except ValueError:
-        raise DestinationConfigError(f"{where}: the URL's port is not a port number") from None
+        raise GraylogConfigError(f"{where}: the URL's port is not a port number") from None
     if not url.hostname:
-        raise DestinationConfigError(f"{where}: the URL has no host")
+        raise GraylogConfigError(f"{where}: the URL has no host")
     http = scheme in ("http", "https")
     if not http and (url.path not in ("", "/") or url.username is not None):
-        raise DestinationConfigError(
+        raise GraylogConfigError(
             f"{where}: a {scheme} URL is only scheme://host:port (no path, no user)"
         )
     is_tls = scheme in ("tls", "https")
@@ -158,16 +158,16 @@ def _destination(name: str, options: Any) -> Destination:
     for option in ("ca_file", "cert_file", "key_file"):
         if option in options:
             if not is_tls:
-                raise DestinationConfigError(f"{where}: {option} applies to tls and https only")
+                raise GraylogConfigError(f"{where}: {option} applies to tls and https only")
             path = Path(str(options[option]))
             if not path.is_file():
-                raise DestinationConfigError(f"{where}: {option} {str(path)!r} is not a file")
+                raise GraylogConfigError(f"{where}: {option} {str(path)!r} is not a file")
             values[option] = str(path)
     if "key_file" in values and "cert_file" not in values:
-        raise DestinationConfigError(f"{where}: key_file needs cert_file beside it")
+        raise GraylogConfigError(f"{where}: key_file needs cert_file beside it")
     if "server_name" in options:
         if not is_tls:
-            raise DestinationConfigError(f"{where}: server_name applies to tls and https only")
+            raise GraylogConfigError(f"{where}: server_name applies to tls and https only")
         values["server_name"] = str(options["server_name"])
     if "timeout_seconds" in options:
         values["timeout_seconds"] = _number(where, options, "timeout_seconds", 0.1, 600.0)
@@ -177,30 +177,30 @@ def _destination(name: str, options: Any) -> Destination:
         )
     if "batch" in options:
         if not http:
-            raise DestinationConfigError(f"{where}: batch applies to http and https only")
+            raise GraylogConfigError(f"{where}: batch applies to http and https only")
         values["batch"] = int(_number(where, options, "batch", 1, 10_000, whole=True))
     if "headers" in options:
         headers = options["headers"]
         if not http:
-            raise DestinationConfigError(f"{where}: headers apply to http and https only")
+            raise GraylogConfigError(f"{where}: headers apply to http and https only")
         if not isinstance(headers, dict) or not all(
             isinstance(key, str) and isinstance(value, str) for key, value in headers.items()
         ):
-            raise DestinationConfigError(f"{where}: headers must be an object of strings")
+            raise GraylogConfigError(f"{where}: headers must be an object of strings")
         values["headers"] = tuple(sorted(headers.items()))
     compression = options.get("compression", "gzip" if scheme == "udp" else "none")
     allowed = {"udp": ("gzip", "zlib", "none"), "http": ("gzip", "none")}.get(
         "http" if http else scheme, ("none",)
     )
     if compression not in allowed:
-        raise DestinationConfigError(
+        raise GraylogConfigError(
             f"{where}: compression {compression!r} is not one of {', '.join(allowed)} "
             f"for {scheme}" + (" (null-byte framing forbids it)" if not http else "")
         )
     values["compression"] = compression
     if "chunk_size" in options:
         if scheme != "udp":
-            raise DestinationConfigError(f"{where}: chunk_size applies to udp only")
+            raise GraylogConfigError(f"{where}: chunk_size applies to udp only")
         values["chunk_size"] = int(
             _number(where, options, "chunk_size", 512, MAX_CHUNK_SIZE, whole=True)
         )
@@ -222,7 +222,7 @@ def _number(
     kinds = (int,) if whole else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
         kind = "a whole number" if whole else "a number"
-        raise DestinationConfigError(f"{where}: {key} must be {kind} from {low:g} to {high:g}")
+        raise GraylogConfigError(f"{where}: {key} must be {kind} from {low:g} to {high:g}")
     return float(value)
 
 

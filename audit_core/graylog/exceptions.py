@@ -1,7 +1,7 @@
 """Errors of the Graylog shipper. ``api/`` maps configuration errors to exit code 2.
 
 GraylogError
-├── DestinationConfigError   VIGIL_GRAYLOG_* names a destination that cannot work
+├── GraylogConfigError       a VIGIL_GRAYLOG_* setting that cannot work
 ├── DeliveryError            transient: Graylog unreachable, connection lost, 5xx;
 │                            the runner backs off and sends the page again
 └── MessageRefusedError      this message can never go: Graylog refuses it every time,
@@ -15,8 +15,9 @@ class GraylogError(Exception):
     """Base of every error the Graylog shipper raises on purpose."""
 
 
-class DestinationConfigError(GraylogError, ValueError):
-    """A destination's configuration is wrong; the message names the setting and a fix.
+class GraylogConfigError(GraylogError, ValueError):
+    """A ``VIGIL_GRAYLOG_*`` setting is wrong; the message names it, the destination
+    when there is one, and a fix.
 
     A ``ValueError`` too, so that pydantic reports it as the setting's validation error.
     """

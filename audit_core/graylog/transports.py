@@ -41,7 +41,7 @@ from graypy.handler import GELF_MAX_CHUNK_NUMBER, BaseGELFChunker
 from audit_core.graylog.config import Destination
 from audit_core.graylog.exceptions import (
     DeliveryError,
-    DestinationConfigError,
+    GraylogConfigError,
     MessageRefusedError,
 )
 
@@ -89,7 +89,7 @@ def tls_context(destination: Destination) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=destination.ca_file)
     except (ssl.SSLError, OSError) as error:
-        raise DestinationConfigError(
+        raise GraylogConfigError(
             f"{where}: ca_file {destination.ca_file!r} holds no usable PEM certificate: {error}"
         ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -97,7 +97,7 @@ def tls_context(destination: Destination) -> ssl.SSLContext:
         try:
             context.load_cert_chain(destination.cert_file, destination.key_file)
         except (ssl.SSLError, OSError) as error:
-            raise DestinationConfigError(
+            raise GraylogConfigError(
                 f"{where}: cannot load the client certificate {destination.cert_file!r} "
                 f"(key {destination.key_file or 'inside it'}): {error}"
             ) from None

@@ -3,6 +3,7 @@ analyst searches Graylog for."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -10,8 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from api.cli import app
+from api.followers import REGISTRY
+from audit_core.followers import FollowerRunner, open_store
 from audit_core.graylog import MessageBuilder, MessageOptions
-from tests.events import audit_event
+from tests.events import audit_event, audit_events
+from tests.graylog.receivers import TcpReceiver
 from tests.stores import SQLiteStore
 
 KEY = "a-long-shared-secret-key"
@@ -80,3 +84,46 @@ def test_hmac_without_what_it_needs_exits_2(
     result = CliRunner().invoke(app, ["graylog", *arguments], env=env)
     assert result.exit_code == 2
     assert complaint in result.output
+
+
+def test_rebuild_and_replay_send_again_what_graylog_lost(
+    tmp_path: Path, tcp_receiver: TcpReceiver
+) -> None:
+    store = SQLiteStore(tmp_path / "replay.db")
+    try:
+        records = store.open_ledger().record("acme", audit_events(10))
+        env = {
+            "VIGIL_DATABASE_URL": store.url,
+            "VIGIL_GRAYLOG_DESTINATIONS": f"main=tcp://127.0.0.1:{tcp_receiver.port}",
+        }
+        runner = CliRunner()
+        rebuilt = runner.invoke(app, ["rebuild", "graylog:main"], env=env)
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert [m["_event_id"] for m in tcp_receiver.wait_for(10)] == [r["id"] for r in records]
+        # The whole ledger again, as after Graylog lost its index...
+        again = runner.invoke(app, ["rebuild", "graylog:main"], env=env)
+        assert again.exit_code == 0, again.output
+        tcp_receiver.wait_for(20)
+        # ...or what follows a position (here: after the tenant's third record).
+        third = 4  # notification 1 opens the tenant's log; records follow
+        replayed = runner.invoke(
+            app, ["followers", "replay", "graylog:main", "--from", str(third)], env=env
+        )
+        assert replayed.exit_code == 0, replayed.output
+        assert "will deliver again every record after notification 4" in replayed.output
+        # The worker does the delivering.
+        settings = store.settings(graylog_destinations=env["VIGIL_GRAYLOG_DESTINATIONS"])
+        followers = open_store(settings.ledger_env())
+        (spec,) = [spec for spec in REGISTRY if spec.name == "graylog"]
+        ledger = store.open_ledger()
+        (shipper,) = spec.build(settings, ledger, followers)
+        try:
+            assert FollowerRunner(ledger, shipper, followers).drain() == 7
+        finally:
+            shipper.close()
+            followers.close()
+        messages = tcp_receiver.wait_for(27)
+    finally:
+        store.close()
+    copies = Counter(m["_event_id"] for m in messages)
+    assert copies == {r["id"]: 2 if r["seq"] < 3 else 3 for r in records}

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from audit_core.graylog import DestinationConfigError, parse_destinations
+from audit_core.graylog import GraylogConfigError, parse_destinations
 
 
 def test_one_url_is_the_default_destination() -> None:
@@ -77,7 +77,7 @@ def test_json_configures_options_per_destination(tmp_path: Path) -> None:
     ],
 )
 def test_a_wrong_destination_is_named_with_what_to_fix(text: str, complaint: str) -> None:
-    with pytest.raises(DestinationConfigError) as error:
+    with pytest.raises(GraylogConfigError) as error:
         parse_destinations(text)
     assert complaint in str(error.value)
     assert str(error.value).startswith("VIGIL_GRAYLOG_DESTINATIONS")

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from audit_core.graylog import DestinationConfigError, MessageBuilder, MessageOptions
+from audit_core.graylog import GraylogConfigError, MessageBuilder, MessageOptions
 from audit_core.graylog.gelf import MAX_FIELD_NAME, meta_fields
 from tests.events import audit_event
 from tests.stores import SQLiteStore
@@ -178,7 +178,7 @@ def test_sensitive_metadata_is_sent_as_its_hmac_and_never_in_clear(tmp_path: Pat
 
 
 def test_sensitive_fields_without_a_key_are_a_configuration_error() -> None:
-    with pytest.raises(DestinationConfigError, match="VIGIL_GRAYLOG_HMAC_KEY is not set"):
+    with pytest.raises(GraylogConfigError, match="VIGIL_GRAYLOG_HMAC_KEY is not set"):
         MessageOptions(host="h", hmac_fields=("email",))
 
 
