@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         description="How often followers poll the ledger for new records (SQLite; "
         "PostgreSQL also wakes them on each commit).",
     )
+    read_your_writes_timeout_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long a query naming min_position waits for the read model to "
+        "hold that record before answering 503.",
+    )
     readmodel_follow: bool = Field(
         default=True,
         description="Run every follower inside the API process (tests, a laptop); "

@@ -29,6 +29,7 @@ from api.dependencies import (
     tenant_of,
     tenant_param,
 )
+from api.read_your_writes import position_header, wait_for_position
 from api.schemas import ERRORS, AuditRecord, ErrorBody, RecordBatch, RecordPage
 from api.services import Services
 from audit_core import PreparedBatch
@@ -104,7 +105,8 @@ async def record_events(request: Request) -> Response:
         [record] = await services.record(_prepare(services, tenant, body, batch=False))
         services.metrics.ingested.labels("single").inc()
         replay = record["received_at"] < started
-        return _json(orjson.dumps(record), 200 if replay else 201)
+        body = orjson.dumps(record)
+        return Response(body, 200 if replay else 201, position_header([record]), _JSON)
     if body[:1] != b"[":
         _parse(services, body)  # says what is wrong with it if it is not JSON at all
         raise InvalidEventError(
@@ -115,7 +117,8 @@ async def record_events(request: Request) -> Response:
     records = await services.record(prepared)
     services.metrics.ingested.labels("batch").inc(len(records))
     replay = all(r["received_at"] < started for r in records)
-    return _json(orjson.dumps({"records": records}), 200 if replay else 201)
+    body = orjson.dumps({"records": records})
+    return Response(body, 200 if replay else 201, position_header(records), _JSON)
 
 
 def _parse(services: Services, body: bytes) -> Any:
@@ -220,6 +223,15 @@ async def trail_filters(
     ] = None,
     session_id: Annotated[str | None, Query(max_length=256, description="actor.session_id")] = None,
     request_id: Annotated[str | None, Query(max_length=256)] = None,
+    min_position: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="Read-your-writes: wait (up to VIGIL_READ_YOUR_WRITES_TIMEOUT_SECONDS, "
+            "else 503) until the read model holds the tenant's record at this seq, as a "
+            "write's Vigil-Position header gives it.",
+        ),
+    ] = None,
 ) -> TrailQuery:
     is_prefix = action is not None and action.endswith(".*")
     if action is not None and not is_prefix and not re.fullmatch(ACTION_PATTERN, action):
@@ -231,6 +243,7 @@ async def trail_filters(
         actor_ip=None if actor_ip is None else address_filter(actor_ip),
         session_id=session_id,
         request_id=request_id,
+        min_seq=min_position,
         tenant="",
         actor_id=actor_id,
         action=action,
@@ -266,6 +279,7 @@ async def query_events(
     limit = min(limit, services.settings.max_page_size)
     after = decode_cursor(cursor, filters.order) if cursor else None
     query = replace(filters, tenant=tenant, limit=limit, after_seq=after)
+    await wait_for_position(services, query)
     records, next_cursor = await run_in_threadpool(services.query_page, query)
     await audit_request(
         services,
@@ -414,6 +428,7 @@ async def export_events(
     """
     tenant = tenant_of(key, tenant, services)
     query = replace(filters, tenant=tenant)
+    await wait_for_position(services, query)
     await audit_request(
         services,
         request,

@@ -49,6 +49,9 @@ class TrailQuery:
     order: Order = "desc"
     after_seq: int | None = None
     """Keyset position: records beyond this seq in the query's order."""
+    min_seq: int | None = None
+    """Read-your-writes: the query is to see at least the tenant's records up to this
+    seq (``TrailView.holds`` says when the read model does)."""
     limit: int = 100
 
     def filters(self) -> dict[str, Any]:

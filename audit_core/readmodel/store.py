@@ -186,6 +186,12 @@ class TrailView(TrackingRecorder):
         seqs.sort(reverse=query.order == "desc")
         return _page(query, seqs[: query.limit + 1])
 
+    def holds(self, tenant: str, seq: int) -> bool:
+        """Whether the tenant's record at ``seq`` is in the read model, and with it
+        every earlier record of the tenant (pages are written in the ledger's order)."""
+        statement = f"SELECT 1 FROM {self.table} WHERE tenant = ? AND seq = ?"
+        return bool(self._select(statement, [tenant, seq]))
+
     def has_rows(self) -> bool:
         return bool(self._select(f"SELECT 1 FROM {self.table} LIMIT 1", []))
 
