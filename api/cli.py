@@ -74,9 +74,18 @@ def load_settings() -> Settings:
 
 
 @contextmanager
-def open_ledger(settings: Settings | None = None) -> Iterator[Ledger]:
-    """Build the ledger from ``VIGIL_*`` settings; turn its errors into exit codes."""
+def open_ledger(settings: Settings | None = None, *, read_only: bool = False) -> Iterator[Ledger]:
+    """Build the ledger from ``VIGIL_*`` settings; turn its errors into exit codes.
+
+    ``read_only``: the command only reads, so a store that does not exist is refused
+    (exit 3) instead of created empty."""
+    from api.database import DatabaseUnusableError, check_database
+
     settings = settings or load_settings()
+    try:
+        check_database(settings, must_exist=read_only)
+    except DatabaseUnusableError as error:
+        fail(str(error), error.exit_code)
     try:
         ledger = Ledger(settings.ledger_env(), settings.limits())
     except OSError as error:
@@ -244,7 +253,7 @@ def tail(
     interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.")] = 1.0,
 ) -> None:
     """Print the newest records of a tenant's log as JSON Lines."""
-    with open_ledger() as ledger:
+    with open_ledger(read_only=True) as ledger:
         records = ledger.latest(tenant, lines)
         for item in records:
             _print_record(item)
@@ -265,7 +274,7 @@ def show(
     """Print one record, with its seq, prev_hash and hash."""
     if (event_id is None) == (seq is None):
         fail("give either an event id or --seq", 2)
-    with open_ledger() as ledger:
+    with open_ledger(read_only=True) as ledger:
         found = (
             ledger.get(tenant, event_id)
             if event_id is not None
@@ -277,7 +286,7 @@ def show(
 @app.command()
 def tenants() -> None:
     """List tenants with their log size and head hash."""
-    with open_ledger() as ledger:
+    with open_ledger(read_only=True) as ledger:
         for log in ledger.stored_logs():
             try:
                 size, head = ledger.head(log.tenant or "")
@@ -309,7 +318,7 @@ def verify(
     from api.commands.transparency import print_tree_reports, tree_reports
 
     settings = load_settings()
-    with open_ledger(settings) as ledger:
+    with open_ledger(settings, read_only=True) as ledger:
         logs = _logs_to_verify(ledger, tenant)
         total = sum(_size_for_progress(ledger, log.tenant) for log in logs if log.tenant)
         reports = []
@@ -411,6 +420,9 @@ def serve(
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    _refuse_to_serve_unless_usable(
+        settings, host or settings.host, port if port is not None else settings.port
+    )
     supervisor = None
     if settings.readmodel_follow:
         # The followers run in a process of their own: they neither compete with
@@ -431,6 +443,29 @@ def serve(
     finally:
         if supervisor is not None:
             supervisor.stop()
+
+
+def _refuse_to_serve_unless_usable(settings: Settings, host: str, port: int) -> None:
+    """Exit 2 naming the setting when the port is taken or the database URL points at
+    something that is no database (5 when the database is unreachable), before any
+    process starts: uvicorn would exit 1 after the follower process had started."""
+    import socket
+
+    from api.database import DatabaseUnusableError, check_database
+
+    if port:
+        try:
+            socket.create_server((host, port)).close()
+        except OSError as error:
+            fail(
+                f"cannot listen on {host}:{port} ({error.strerror or error}); another process "
+                "holds it: set VIGIL_PORT (or --port) to a free port, or stop that process",
+                2,
+            )
+    try:
+        check_database(settings, must_exist=False)
+    except DatabaseUnusableError as error:
+        fail(str(error), error.exit_code)
 
 
 keys_app = typer.Typer(help="Manage API keys (tokens are shown once, stored hashed).")
@@ -463,11 +498,11 @@ def _record_key_change(ledger: Ledger, action: str, key: Any) -> None:
 
 
 @contextmanager
-def open_key_store() -> Iterator[tuple[Ledger, Any]]:
+def open_key_store(*, read_only: bool = False) -> Iterator[tuple[Ledger, Any]]:
     from api.keys import ApiKeyError, KeyStore
 
     settings = load_settings()
-    with open_ledger(settings) as ledger:
+    with open_ledger(settings, read_only=read_only) as ledger:
         store = KeyStore(settings.ledger_env())
         try:
             yield ledger, store
@@ -505,16 +540,31 @@ def keys_create(
         list[str] | None, typer.Option("--network", help="Allowed client CIDR (repeatable).")
     ] = None,
     description: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    all_tenants: Annotated[
+        bool,
+        typer.Option(
+            "--all-tenants",
+            help="An operator key: its roles apply to every tenant (--tenant is its home, "
+            "where its own actions are recorded). Without it a key, admin included, "
+            "reaches only its tenant.",
+        ),
+    ] = False,
 ) -> None:
     """Create an API key and print its token, once; only its hash is stored."""
     expires_at = _parse_expiry(expires)
     with open_key_store() as (ledger, store):
         key, token = store.create(
-            tenant, role, expires_at=expires_at, networks=network or (), description=description
+            tenant,
+            role,
+            expires_at=expires_at,
+            networks=network or (),
+            description=description,
+            all_tenants=all_tenants,
         )
         _record_key_change(ledger, "api_key.create", key)
+    scope = "every tenant (operator key)" if key.all_tenants else f"tenant {key.tenant}"
     err.print(
-        f"created key {key.key_id} for tenant {key.tenant} ({', '.join(key.roles)}); "
+        f"created key {key.key_id} for {scope} ({', '.join(key.roles)}); "
         "the token below is not shown again:"
     )
     out.print(token, markup=False)
@@ -526,7 +576,7 @@ def keys_list(
     json_output: Annotated[bool, typer.Option("--json", help="JSON Lines.")] = False,
 ) -> None:
     """List keys (ids, tenants, roles, expiry, networks, revocation), never tokens."""
-    with open_key_store() as (_, store):
+    with open_key_store(read_only=True) as (_, store):
         keys = store.list(tenant)
     now = datetime.now(UTC)
     for key in keys:
@@ -535,8 +585,9 @@ def keys_list(
             continue
         state = "revoked" if key.revoked_at else "expired" if key.is_expired(now) else "active"
         expiry = key.expires_at.isoformat() if key.expires_at else "-"
+        scope = "ALL-TENANTS" if key.all_tenants else "tenant-only"
         out.print(
-            f"{key.key_id}\t{key.tenant}\t{','.join(key.roles)}\t{state}\t"
+            f"{key.key_id}\t{key.tenant}\t{scope}\t{','.join(key.roles)}\t{state}\t"
             f"expires {expiry}\t{','.join(key.networks) or 'any network'}\t{key.description}",
             markup=False,
         )
@@ -548,8 +599,12 @@ def keys_revoke(
 ) -> None:
     """Revoke a key; requests with it are refused from now on."""
     with open_key_store() as (ledger, store):
-        key = store.revoke(key_id)
-        _record_key_change(ledger, "api_key.revoke", key)
+        key, revoked = store.revoke(key_id)
+        if revoked:  # a second revocation changes nothing, so it records nothing
+            _record_key_change(ledger, "api_key.revoke", key)
+    if not revoked:
+        out.print(f"{key.key_id} ({key.tenant}) was already revoked at {key.revoked_at}")
+        return
     out.print(f"revoked {key.key_id} ({key.tenant})")
 
 

@@ -92,10 +92,35 @@ class AccessDenied(HTTPException):
     the key's own tenant, as ``access.denied`` (``api.errors``): a key tried where it
     may not go is what an auditor most wants to see."""
 
-    def __init__(self, key: ApiKey, detail: str, tenant: str | None = None):
-        super().__init__(status.HTTP_403_FORBIDDEN, detail)
+    action = "access.denied"
+    outcome = "denied"
+
+    def __init__(
+        self,
+        key: ApiKey,
+        detail: str,
+        tenant: str | None = None,
+        status_code: int = status.HTTP_403_FORBIDDEN,
+    ):
+        super().__init__(status_code, detail)
         self.key = key
         self.tenant = tenant
+
+
+class UnknownTenant(AccessDenied):
+    """404 for a tenant that has no log, named by a key that may reach other tenants.
+
+    Recorded as ``access.not_found`` in the key's own tenant, with the name in
+    ``metadata.requested_tenant``: recording it in the tenant named would create it,
+    and reading never creates a tenant."""
+
+    action = "access.not_found"
+    outcome = "failure"
+
+    def __init__(self, key: ApiKey, tenant: str):
+        super().__init__(
+            key, f"tenant {tenant!r} has no audit log", tenant, status.HTTP_404_NOT_FOUND
+        )
 
 
 def forbidden(
@@ -195,12 +220,15 @@ def tenant_param(request: Request) -> str | None:
     return tenant
 
 
-def tenant_of(key: ApiKey, tenant: str | None, services: Services) -> str:
-    """The tenant a request acts on: the key's own, unless an admin names another."""
+def tenant_of(key: ApiKey, tenant: str | None, services: Services, *, creates: bool = False) -> str:
+    """The tenant a request acts on: the key's own, unless an all-tenants key names
+    another, which must have a log unless the request ``creates`` it (a write)."""
     if tenant is None or tenant == key.tenant:
         return key.tenant
     if not key.can_access(tenant):
         raise forbidden(
             services, key, f"API key {key.key_id} may not act on tenant {tenant!r}", tenant
         )
+    if not creates and not services.has_tenant(tenant):
+        raise UnknownTenant(key, tenant)
     return tenant

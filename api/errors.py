@@ -141,14 +141,14 @@ async def _access_denied(request: Request, error: Exception) -> Response:
             request,
             error.key,
             error.key.tenant,
-            "access.denied",
+            error.action,
             {"type": "api_route", "id": f"{request.method} {route}"},
             metadata,
-            outcome="denied",
+            outcome=error.outcome,
         )
     except Exception as failure:  # the refusal stands; only its record is missing
         log.warning("refusal not recorded", key_id=error.key.key_id, error=repr(failure))
-    return problem(403, error.detail)
+    return problem(error.status_code, error.detail)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

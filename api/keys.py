@@ -62,7 +62,6 @@ class Permission(enum.StrEnum):
     EXPORT = "export"
     VERIFY = "verify"
     MANAGE_KEYS = "manage_keys"
-    ALL_TENANTS = "all_tenants"
 
 
 GRANTS: dict[Role, frozenset[Permission]] = {
@@ -72,7 +71,9 @@ GRANTS: dict[Role, frozenset[Permission]] = {
     Role.AUDITOR: frozenset({Permission.QUERY, Permission.EXPORT, Permission.VERIFY}),
     Role.ADMIN: frozenset(Permission),
 }
-"""What each role may do. Only ``admin`` reaches beyond its own tenant."""
+"""What each role may do, in the key's own tenant. A key reaches the other tenants only
+when it was made with ``all_tenants`` (``vigil keys create --all-tenants``): an operator
+key. ``admin`` alone manages its own tenant's keys and nothing beyond."""
 
 _TOKEN = re.compile(r"^vgl_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
@@ -100,6 +101,8 @@ class ApiKey:
     """CIDR allowlist of client addresses; empty allows any."""
     revoked_at: datetime | None = None
     description: str = ""
+    all_tenants: bool = False
+    """An operator key: its roles apply to every tenant, not only its own."""
 
     @property
     def permissions(self) -> frozenset[Permission]:
@@ -112,7 +115,7 @@ class ApiKey:
         return permission in self.permissions
 
     def can_access(self, tenant: str) -> bool:
-        return tenant == self.tenant or self.can(Permission.ALL_TENANTS)
+        return tenant == self.tenant or self.all_tenants
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and (now or _now()) >= self.expires_at
@@ -133,6 +136,7 @@ class ApiKey:
         return {
             "roles": [role.value for role in self.roles],
             "tenant": self.tenant,
+            "all_tenants": self.all_tenants,
             "expires_at": _iso(self.expires_at),
             "networks": list(self.networks),
         }
@@ -148,6 +152,7 @@ class ApiKey:
             "networks": list(self.networks),
             "revoked_at": _iso(self.revoked_at),
             "description": self.description,
+            "all_tenants": self.all_tenants,
         }
 
 
@@ -199,7 +204,7 @@ class KeyStore:
 
     _columns = (
         "key_id, secret_hash, tenant, roles, created_at, expires_at, networks, "
-        "revoked_at, description"
+        "revoked_at, description, all_tenants"
     )
 
     def __init__(self, env: dict[str, str]):
@@ -220,6 +225,26 @@ class KeyStore:
             (),
             commit=True,
         )
+        self._add_all_tenants_column()
+
+    def _add_all_tenants_column(self) -> None:
+        """Stores made before operator keys existed get the column; their keys, admin
+        ones included, are scoped to their own tenant."""
+        if self._postgres:
+            self._execute(
+                f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS "
+                "all_tenants boolean NOT NULL DEFAULT false",
+                (),
+                commit=True,
+            )
+            return
+        columns = [row[1] for row in self._execute(f"PRAGMA table_info({self.table})", ())]
+        if "all_tenants" not in columns:
+            self._execute(
+                f"ALTER TABLE {self.table} ADD COLUMN all_tenants INTEGER NOT NULL DEFAULT 0",
+                (),
+                commit=True,
+            )
 
     def close(self) -> None:
         self._factory.close()
@@ -245,14 +270,18 @@ class KeyStore:
         expires_at: datetime | None = None,
         networks: Iterable[str] = (),
         description: str = "",
+        all_tenants: bool = False,
     ) -> tuple[ApiKey, str]:
-        """A new key and its token; the token is not stored and cannot be shown again."""
+        """A new key and its token; the token is not stored and cannot be shown again.
+        ``all_tenants``: an operator key, whose roles apply to every tenant."""
         parsed_roles, cidrs = check_spec(tenant, roles, expires_at, networks, description)
         key_id = secrets.token_hex(6)
         token = f"vgl_{key_id}_{secrets.token_urlsafe(32)}"
-        key = ApiKey(key_id, tenant, parsed_roles, _now(), expires_at, cidrs, None, description)
+        key = ApiKey(
+            key_id, tenant, parsed_roles, _now(), expires_at, cidrs, None, description, all_tenants
+        )
         self._execute(
-            f"INSERT INTO {self.table} ({self._columns}) VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO {self.table} ({self._columns}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 key_id,
                 token_hash(token),
@@ -263,6 +292,7 @@ class KeyStore:
                 orjson.dumps(list(cidrs)).decode(),
                 None,
                 description,
+                all_tenants,
             ),
             commit=True,
         )
@@ -270,7 +300,7 @@ class KeyStore:
 
     @staticmethod
     def _key(row: tuple[Any, ...]) -> ApiKey:
-        key_id, _, tenant, roles, created, expires, networks, revoked, description = row
+        key_id, _, tenant, roles, created, expires, networks, revoked, description, every = row
         return ApiKey(
             key_id=key_id,
             tenant=tenant,
@@ -280,6 +310,7 @@ class KeyStore:
             networks=tuple(orjson.loads(networks)),
             revoked_at=datetime.fromisoformat(revoked) if revoked else None,
             description=description,
+            all_tenants=bool(every),
         )
 
     def get(self, key_id: str) -> ApiKey:
@@ -316,16 +347,18 @@ class KeyStore:
         statement += " ORDER BY created_at, key_id"
         return [self._key(row) for row in self._execute(statement, params)]
 
-    def revoke(self, key_id: str) -> ApiKey:
-        """Revoke a key (again revoking a revoked key changes nothing)."""
-        key = self.get(key_id)
-        if key.revoked_at is None:
-            self._execute(
-                f"UPDATE {self.table} SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-                (_iso(_now()), key_id),
-                commit=True,
-            )
-        return self.get(key_id)
+    def revoke(self, key_id: str) -> tuple[ApiKey, bool]:
+        """Revoke a key; the key, and whether this call revoked it (False: it already
+        was, and nothing changed), so that a revocation is recorded once even when two
+        calls race."""
+        self.get(key_id)  # ApiKeyNotFoundError
+        changed = self._execute(
+            f"UPDATE {self.table} SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL "
+            "RETURNING key_id",
+            (_iso(_now()), key_id),
+            commit=True,
+        )
+        return self.get(key_id), bool(changed)
 
     def ping(self) -> None:
         self._execute("SELECT 1", ())

@@ -88,6 +88,11 @@ class KeyCreate(BaseModel):
         pattern=STORABLE_TEXT_PATTERN,
         description="What the key is for; no U+0000.",
     )
+    all_tenants: bool = Field(
+        default=False,
+        description="An operator key: its roles apply to every tenant. Only an "
+        "all-tenants admin key may create one.",
+    )
 
 
 class KeyOut(BaseModel):
@@ -99,6 +104,7 @@ class KeyOut(BaseModel):
     networks: list[str]
     revoked_at: datetime | None
     description: str
+    all_tenants: bool = False
 
 
 class KeyCreated(BaseModel):

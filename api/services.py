@@ -48,6 +48,7 @@ class Services:
     only when ``worker`` is set (``VIGIL_READMODEL_FOLLOW``)."""
     worker: Worker | None = None
     _key_cache: dict[str, tuple[float, ApiKey | None]] = field(default_factory=dict)
+    _known_tenants: set[str] = field(default_factory=set)
     closers: list[Callable[[], None]] = field(default_factory=list)
     """Called first on close: what a router built on first use (the incidents desk)."""
 
@@ -61,6 +62,16 @@ class Services:
         self.keys.close()
         self.store.close()
         self.ledger.close()
+
+    def has_tenant(self, tenant: str) -> bool:
+        """Whether the tenant has a log; a tenant once seen is not looked up again
+        (logs are never removed, short of tampering that verification reports)."""
+        if tenant in self._known_tenants:
+            return True
+        if not self.ledger.has_log(tenant):
+            return False
+        self._known_tenants.add(tenant)
+        return True
 
     def follower_statuses(self) -> list[FollowerStatus]:
         return [follower_status(self.ledger, f, self.store) for f in self.followers]

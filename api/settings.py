@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_core import Limits
@@ -195,7 +195,13 @@ class Settings(BaseSettings):
     archive_encryption: Literal["AES256", "aws:kms"] = Field(default="AES256")
     archive_kms_key_id: str | None = Field(default=None)
     archive_segment_records: int = Field(default=10_000, ge=1, le=1_000_000)
-    archive_segment_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    archive_segment_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="A segment closes once its first record is this old; keep it below "
+        "VIGIL_READYZ_MAX_LAG_SECONDS, which the held records count against.",
+    )
     archive_checkpoints: Literal["transparency", "archive"] = Field(
         default="transparency",
         description="Digests name the transparency log's checkpoints (waiting for one "
@@ -247,7 +253,13 @@ class Settings(BaseSettings):
         description="Comma-separated metadata keys (any depth) or dotted paths whose values "
         "are shipped as their HMAC-SHA256, never in clear.",
     )
-    graylog_max_meta_fields: int = Field(default=100, ge=0, le=1000)
+    graylog_max_meta_fields: int = Field(
+        default=100,
+        ge=0,
+        le=1000,
+        description="Most _meta_* fields per GELF message; further metadata is only in "
+        "full_message (Elasticsearch caps an index at 1000 fields by default).",
+    )
 
     @field_validator("graylog_destinations")
     @classmethod
@@ -285,15 +297,37 @@ class Settings(BaseSettings):
         )
         return parse_destinations(self.graylog_destinations.get_secret_value()), options
 
+    @model_validator(mode="after")
+    def _archive_complete(self) -> Settings:
+        """SSE-KMS needs a key, and S3 credentials come in pairs: say so at start-up."""
+        if not self.archive_bucket:
+            return self
+        if self.archive_encryption == "aws:kms" and not self.archive_kms_key_id:
+            raise ValueError("VIGIL_ARCHIVE_ENCRYPTION=aws:kms needs VIGIL_ARCHIVE_KMS_KEY_ID")
+        if (self.archive_access_key_id is None) != (self.archive_secret_access_key is None):
+            raise ValueError(
+                "set both VIGIL_ARCHIVE_ACCESS_KEY_ID and VIGIL_ARCHIVE_SECRET_ACCESS_KEY, or "
+                "neither (boto3's credential chain is then used)"
+            )
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in ("sqlite", "postgresql", "postgres"):
+        url = urlsplit(value)
+        if url.scheme not in ("sqlite", "postgresql", "postgres"):
             raise ValueError(
-                f"VIGIL_DATABASE_URL scheme {scheme!r} is not supported; "
+                f"VIGIL_DATABASE_URL scheme {url.scheme!r} is not supported; "
                 "use sqlite:///path.db or postgresql://user@host/dbname"
             )
+        # sqlite://x.db would read as host "x.db" and an empty path; and a PostgreSQL
+        # URL without a database must not fall back to the server's `postgres`.
+        if url.scheme == "sqlite" and (url.netloc or len(url.path) < 2):
+            raise ValueError(
+                f"{value!r} names no file: use sqlite:///relative.db or sqlite:////absolute.db"
+            )
+        if url.scheme != "sqlite" and not unquote(url.path.lstrip("/")):
+            raise ValueError("the URL names no database: use postgresql://user@host:port/dbname")
         return value
 
     @field_validator("encryption_key")
@@ -339,20 +373,21 @@ class Settings(BaseSettings):
             max_future_skew=timedelta(seconds=self.max_future_skew_seconds),
         )
 
-    def ledger_env(self) -> dict[str, str]:
-        """The eventsourcing environment for the ledger application."""
+    def ledger_env(self, *, create: bool = True) -> dict[str, str]:
+        """The eventsourcing environment for the ledger application; ``create``: make a
+        SQLite file's missing directories (never for a command that only reads)."""
         url = urlsplit(self.database_url)
         env: dict[str, str]
         if url.scheme == "sqlite":
             path = unquote(url.path)[1:] or "vigil.db"
-            if path != ":memory:":
+            if create and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
         else:
             query = parse_qs(url.query)
             env = {
                 "PERSISTENCE_MODULE": "eventsourcing.postgres",
-                "POSTGRES_DBNAME": unquote(url.path.lstrip("/")) or "postgres",
+                "POSTGRES_DBNAME": unquote(url.path.lstrip("/")),
                 "POSTGRES_HOST": url.hostname or "127.0.0.1",
                 "POSTGRES_PORT": str(url.port or 5432),
                 "POSTGRES_USER": unquote(url.username or "postgres"),

@@ -97,7 +97,7 @@ async def record_events(request: Request) -> Response:
     # FastAPI's solving of those was a quarter of a single-event request's cost.
     key = await ingest_key(request)
     services = services_of(request)
-    tenant = tenant_of(key, tenant_param(request), services)
+    tenant = tenant_of(key, tenant_param(request), services, creates=True)
     started = format_timestamp(datetime.now(UTC))
     body = (await request.body()).lstrip(b" \t\r\n")
     if body[:1] == b"{":

@@ -129,7 +129,7 @@ def test_a_revoked_key_is_refused_at_once(api: Api) -> None:
 
 
 def test_an_admin_creates_lists_and_revokes_keys_over_http(api: Api) -> None:
-    _, admin = api.key("ops", "admin")
+    admin_key, admin = api.key("acme", "admin")
     created = api.client.post(
         "/v1/keys",
         json={"tenant": "acme", "roles": ["ingest"], "networks": ["10.0.0.0/8"]},
@@ -140,7 +140,7 @@ def test_an_admin_creates_lists_and_revokes_keys_over_http(api: Api) -> None:
     token = body["token"]
     assert token.startswith(f"vgl_{body['key']['key_id']}_")
     listed = api.client.get("/v1/keys", params={"tenant": "acme"}, headers=admin).json()
-    assert [k["key_id"] for k in listed] == [body["key"]["key_id"]]
+    assert [k["key_id"] for k in listed] == [admin_key.key_id, body["key"]["key_id"]]
     assert "token" not in listed[0]
     assert token not in str(listed)
     assert api.client.delete("/v1/keys/nope", headers=admin).status_code == 404

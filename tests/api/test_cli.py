@@ -255,9 +255,15 @@ def test_tail_prints_the_newest_records_as_json_lines_oldest_first(vigil: Vigil)
     assert [orjson.loads(line) for line in result.stdout.splitlines()] == records[2:]
 
 
-def test_tail_of_an_empty_tenant_prints_nothing(vigil: Vigil) -> None:
-    result = vigil("tail", "-t", "acme")
-    assert (result.exit_code, result.stdout) == (0, "")
+@pytest.mark.parametrize(
+    "args", [["tail"], ["show", "evt-0"], ["show", "--seq", "0"]], ids=["tail", "show", "seq"]
+)
+def test_reading_an_unknown_tenant_exits_3_naming_it(vigil: Vigil, args: list[str]) -> None:
+    seed(vigil.ledger())
+    result = vigil(*args, "-t", "acme-typo")
+    assert (result.exit_code, result.stdout) == (3, "")
+    assert "tenant 'acme-typo' has no audit log" in result.stderr
+    assert vigil.ledger().tenants() == ["acme", "globex"]
 
 
 def test_show_prints_a_record_by_id_or_by_seq(vigil: Vigil) -> None:
@@ -329,6 +335,7 @@ def test_verify_json_names_the_first_bad_seq_and_exits_1(vigil: Vigil) -> None:
 
 
 def test_verify_with_no_logs_says_so_and_succeeds(vigil: Vigil) -> None:
+    vigil.ledger()  # a store with a ledger in it, and no log yet
     result = vigil("verify")
     assert result.exit_code == 0
     assert "no tenant logs to verify" in result.stderr
@@ -406,7 +413,8 @@ def test_a_sqlite_path_that_cannot_be_created_exits_2_naming_the_setting(
     vigil: Vigil, tmp_path: Path
 ) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    result = vigil("tenants", VIGIL_DATABASE_URL=f"sqlite:///{tmp_path / 'a-file' / 'ledger.db'}")
+    url = f"sqlite:///{tmp_path / 'a-file' / 'ledger.db'}"
+    result = vigil("record", "-t", "acme", stdin=jsonl(audit_events(1)), VIGIL_DATABASE_URL=url)
     assert result.exit_code == 2
     assert "VIGIL_DATABASE_URL" in result.stderr
 

@@ -62,13 +62,19 @@ def test_messages_show_the_database_url_without_its_password() -> None:
 
 
 def test_a_short_postgres_url_falls_back_to_local_defaults() -> None:
-    env = Settings(database_url="postgres://localhost").ledger_env()
+    env = Settings(database_url="postgres://localhost/vigil").ledger_env()
     assert (env["POSTGRES_DBNAME"], env["POSTGRES_PORT"], env["POSTGRES_USER"]) == (
-        "postgres",
+        "vigil",
         "5432",
         "postgres",
     )
     assert "POSTGRES_SCHEMA" not in env
+
+
+@pytest.mark.parametrize("url", ["postgres://localhost", "postgresql://u@db:5432/"])
+def test_a_postgres_url_without_a_database_is_refused_not_sent_to_postgres(url: str) -> None:
+    with pytest.raises(ValidationError, match="names no database"):
+        Settings(database_url=url)
 
 
 @pytest.mark.parametrize("url", ["mysql://db/vigil", "vigil.db", "http://example.com"])
