@@ -188,6 +188,7 @@ def try_rules(
         sink = MemoryIncidentSink()
         detector = Detector(rules)
         read = selected = 0
+        per_rule: dict[str, int] = {}
         detections: list[Detection] = []
         reported = start.timestamp()
 
@@ -202,7 +203,11 @@ def try_rules(
                 for record in _records(ledger, name, read_from, end):
                     if parse_time(record["occurred_at"]) >= reported:
                         read += 1
-                        selected += any(rule.matches(record) for rule in rules)
+                        own = detector.is_own(record)  # which no rule is offered
+                        hits = [r.id for r in rules if not own and r.matches(record)]
+                        selected += bool(hits)
+                        for rule_id in hits:
+                            per_rule[rule_id] = per_rule.get(rule_id, 0) + 1
                     batch.append(record)
                     if len(batch) == 1000:
                         process(batch)
@@ -261,6 +266,14 @@ def try_rules(
             )
         if len(incident.evidence) > evidence:
             out.print(f"    ... and {len(incident.evidence) - evidence} more", markup=False)
+    if len(rules) > 1:
+        # Per rule, to tune one among many: what its condition let through, what it opened.
+        for rule in rules:
+            opened = sum(1 for i in incidents if i.detection.rule_id == rule.id)
+            err.print(
+                f"  {rule.id}: {per_rule.get(rule.id, 0)} matched, {opened} incident(s)",
+                highlight=False,
+            )
     err.print(
         f"{read} record(s) read from {len(names)} tenant(s); {selected} matched a rule's "
         f"condition; {len(incidents)} incident(s) would open (nothing was written)",

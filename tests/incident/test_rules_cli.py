@@ -154,5 +154,12 @@ def test_warm_up_fills_what_rules_learn_before_since_without_reporting_it(
     assert [i["rule"] for i in everything] == ["brute-force-login", "identity-attribute-takeover"]
     assert everything[1]["evidence"] == [{"seq": claim["seq"], "hash": claim["hash"]}]
     assert [e["seq"] for e in by_default[0]["evidence"]] == [r["seq"] for r in attempts[-7:]]
+    # Per rule, what its condition let through after --since, and what it opened.
+    summary = vigil(
+        sqlite_store, "rules", "test", rules, "--since", "2026-11-17", "--warm-up", "all"
+    )
+    assert "  identity-attribute-takeover: 1 matched, 1 incident(s)" in summary.stderr
+    assert "  brute-force-login: 7 matched, 1 incident(s)" in summary.stderr
+    assert "  credential-stuffing: 7 matched, 0 incident(s)" in summary.stderr
     # Without the records before midnight, seven attempts are not enough.
     assert incidents("--warm-up", "1s") == []
