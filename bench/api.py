@@ -436,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     ("free text + actor", {"q": "de-de", "actor_id": "u-1012"}),
                     ("free text, common", {"q": "support-apac"}),
                     ("free text, absent", {"q": "refund-4242"}),
+                    ("address", {"actor_ip": "10.20.3.17"}),
+                    ("network, most records", {"actor_ip": "203.0.113.0/24"}),
+                    ("session", {"session_id": "sess-u-1012-7"}),
+                    ("request", {"request_id": f"req-{tag}t-00004242"}),
                 ]
                 from urllib.parse import urlencode
 
@@ -461,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                             since=params.get("since"),
                             until=params.get("until"),
                             text=params.get("q"),
+                            actor_ip=params.get("actor_ip"),
+                            session_id=params.get("session_id"),
+                            request_id=params.get("request_id"),
                             limit=50,
                         )
                         dlat = []
