@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from types import UnionType
+from typing import Any, NamedTuple, Union, get_args, get_origin
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.dependencies.models import Dependant
@@ -73,20 +74,34 @@ def takes_body(route: APIRoute) -> bool:
     return route.body_field is not None or "requestBody" in (route.openapi_extra or {})
 
 
-def _declared_query(dependant: Dependant) -> set[str]:
-    names = {param.alias for param in dependant.query_params}
+def _declared_query(dependant: Dependant) -> dict[str, bool]:
+    """Each query parameter's name, and whether it may be repeated (a list)."""
+    names = {param.alias: _is_list(param.field_info.annotation) for param in dependant.query_params}
     for dependency in dependant.dependencies:
         names |= _declared_query(dependency)
     return names
 
 
-def query_names(route: APIRoute) -> frozenset[str]:
+def _is_list(annotation: Any) -> bool:
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_is_list(member) for member in get_args(annotation))
+    return get_origin(annotation) in (list, tuple, set, frozenset)
+
+
+class QueryParameters(NamedTuple):
+    known: frozenset[str]
+    repeatable: frozenset[str]
+
+
+def query_names(route: APIRoute) -> QueryParameters:
     """The query parameters a route declares, to FastAPI or in its OpenAPI extra."""
     names = _declared_query(route.dependant)
     for param in (route.openapi_extra or {}).get("parameters", []):
         if param.get("in") == "query":
-            names.add(param["name"])
-    return frozenset(names)
+            names[param["name"]] = False
+    return QueryParameters(
+        frozenset(names), frozenset(name for name, many in names.items() if many)
+    )
 
 
 def _invalid(location: str, name: str, message: str, value: Any) -> RequestValidationError:
@@ -95,12 +110,14 @@ def _invalid(location: str, name: str, message: str, value: Any) -> RequestValid
     )
 
 
-def check_parameters(request: Request, known: frozenset[str]) -> None:
+def check_parameters(request: Request, declared: QueryParameters) -> None:
     """422 for a query parameter the route does not take (it would be silently ignored,
-    and a filter that is ignored returns the whole trail), and for a query or path
-    parameter that PostgreSQL could not store."""
+    and a filter that is ignored returns the whole trail), for one that takes a single
+    value given twice (only the last would count, as with a key given twice in JSON),
+    and for a query or path parameter that PostgreSQL could not store."""
     if request.scope["query_string"]:
         params = request.query_params
+        known = declared.known
         unknown = sorted({name for name in params if name not in known})
         if unknown:
             takes = ", ".join(sorted(known)) or "none"
@@ -119,6 +136,13 @@ def check_parameters(request: Request, known: frozenset[str]) -> None:
             found = unstorable_text(value)
             if found is not None:
                 raise _invalid("query", name, found[1], value)
+        if len(params) < len(params.multi_items()):
+            for name in params:
+                values = params.getlist(name)
+                if len(values) > 1 and name not in declared.repeatable:
+                    raise _invalid(
+                        "query", name, f"given {len(values)} times; it takes one value", values
+                    )
     for name, value in request.path_params.items():
         if isinstance(value, str) and (found := unstorable_text(value)) is not None:
             raise _invalid("path", name, found[1], value)
@@ -137,13 +161,13 @@ def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
 def strict(
     route: APIRoute, handler: Callable[[Request], Awaitable[Response]]
 ) -> Callable[[Request], Awaitable[Response]]:
-    known = query_names(route)
+    declared = query_names(route)
     body = takes_body(route)
     keyed = route.path_format.startswith(KEYED_PREFIX)
 
     async def checked(request: Request) -> Response:
         try:
-            check_parameters(request, known)
+            check_parameters(request, declared)
             if body and (found := media_type(request)) != JSON_MEDIA_TYPE:
                 raise UnsupportedMediaTypeError(found)
         except (HTTPException, RequestValidationError):

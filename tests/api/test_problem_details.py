@@ -5,11 +5,15 @@ that are not JSON (415) and query parameters it does not take (422)."""
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 import orjson
 import pytest
+from fastapi import FastAPI, Query
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 
+from api import errors, strict
 from api.strict import api_routes
 from tests.api.conftest import Api
 from tests.events import audit_event
@@ -200,3 +204,25 @@ def test_the_openapi_document_states_the_rules_the_server_enforces(api: Api) -> 
     assert action.fullmatch("conversation.*")
     assert action.fullmatch("auth.login")
     assert not action.fullmatch("Not An Action")
+
+
+def test_a_single_valued_query_parameter_given_twice_is_refused(api: Api) -> None:
+    analyst = api.headers("acme", "analyst")
+    response = api.client.get("/v1/events?actor_id=alice&actor_id=bob", headers=analyst)
+    body = assert_problem(response, 422)
+    assert body["problems"][0]["field"] == "actor_id"  # type: ignore[index]
+    assert "2 times" in body["detail"]  # type: ignore[operator]
+
+
+def test_a_list_query_parameter_may_be_repeated() -> None:
+    app = FastAPI()
+
+    @app.get("/things")
+    async def things(tag: Annotated[list[str] | None, Query()] = None) -> list[str]:
+        return tag or []
+
+    errors.install(app)
+    strict.install(app)
+    with TestClient(app) as client:
+        assert client.get("/things?tag=a&tag=b").json() == ["a", "b"]
+        assert client.get("/things?tag=a&colour=b").status_code == 422
