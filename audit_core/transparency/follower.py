@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class TransparencyLog(View):
         self.clock = clock
         self._trees: dict[str, _Tree] = {}
         self._scanned = False
+        # The runner's thread follows while a request may ask for a checkpoint now.
+        self._lock = threading.RLock()
         self.refusals: dict[str, str] = {}
         """Tenants whose new tree was refused a checkpoint, and why."""
         self.tile_cache = TileCache()
@@ -95,6 +98,10 @@ class TransparencyLog(View):
         return tree
 
     def handle(self, page: Page) -> None:
+        with self._lock:
+            self._handle(page)
+
+    def _handle(self, page: Page) -> None:
         touched: dict[str, _Tree] = {}
         sha256 = hashlib.sha256
         mapper = page.mapper
@@ -146,15 +153,17 @@ class TransparencyLog(View):
         self.sign_due()
 
     def reload(self) -> None:
-        self._trees.clear()
-        self._scanned = False
+        with self._lock:
+            self._trees.clear()
+            self._scanned = False
 
     def tick(self) -> None:
         self.sign_due()
 
     def clear(self) -> None:
-        self.store.clear(self.name)
-        self.reload()
+        with self._lock:
+            self.store.clear(self.name)
+            self.reload()
 
     # -- signing --------------------------------------------------------------------------
 
@@ -166,13 +175,20 @@ class TransparencyLog(View):
 
     def sign_due(self, *, force: bool = False, tenant: str | None = None) -> list[StoredCheckpoint]:
         """Sign a checkpoint for each tenant that is due one (all grown ones if
-        ``force``, or only ``tenant``); return the checkpoints signed."""
+        ``force``, or only ``tenant``, as its tree is stored now); return the
+        checkpoints signed."""
         if self.signer is None:
             return []
-        if not self._scanned:
-            self._scan()
-        if tenant is not None:
-            self._tree(tenant)
+        with self._lock:
+            if not self._scanned:
+                self._scan()
+            if tenant is not None:
+                # As stored: this process may not be the one that follows.
+                self._trees.pop(tenant, None)
+                self._tree(tenant)
+            return self._sign_due(force, tenant)
+
+    def _sign_due(self, force: bool, tenant: str | None) -> list[StoredCheckpoint]:
         now = self.clock()
         signed: list[StoredCheckpoint] = []
         for name, tree in list(self._trees.items()):

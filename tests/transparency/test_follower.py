@@ -157,3 +157,20 @@ def test_a_second_process_sees_the_same_checkpoints(store: Store, opened: Opened
         assert other.reader.latest("acme") == opened.reader.latest("acme")
     finally:
         other.close()
+
+
+def test_another_process_signs_on_demand_what_the_follower_has_stored(
+    store: Store, opened: OpenedLog
+) -> None:
+    opened.record("acme", 4)
+    opened.follow()
+    other = OpenedLog(store, signer=opened.signer)
+    try:
+        other.log.sign_due(force=True, tenant="acme")  # nothing new yet
+        opened.record("acme", 3, prefix="more")
+        opened.runner.drain()  # stored, not yet due
+        [signed] = other.log.sign_due(force=True, tenant="acme")
+        assert signed.size == 7
+        assert [c.size for c in opened.trees.checkpoints("acme")] == [4, 7]
+    finally:
+        other.close()
