@@ -104,6 +104,16 @@ class Settings(BaseSettings):
         description="How long a verified API key is trusted without reading it again; "
         "a revocation by another process takes effect within this time.",
     )
+    auth_failure_audit_limit: int = Field(
+        default=60,
+        ge=0,
+        description="Failed authentications (401) recorded one by one per log (the key's "
+        "tenant, or vigil-system) per window; beyond it they are counted, and the count "
+        "is recorded when the window ends.",
+    )
+    auth_failure_audit_window_seconds: float = Field(
+        default=60.0, gt=0, le=86_400, description="The window of auth_failure_audit_limit."
+    )
     trusted_proxies: str = Field(
         default="",
         description="Comma-separated addresses or networks of reverse proxies whose "

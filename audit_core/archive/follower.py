@@ -63,7 +63,7 @@ class ArchiveFollower(Sink):
         tracking: TrackingRecorder,
         *,
         segment_records: int = 10_000,
-        segment_seconds: float = 60.0,
+        segment_seconds: float = 30.0,
         name: str = "archive",
         clock: Callable[[], float] = time.time,
         writers: int = 8,

@@ -37,6 +37,7 @@ from audit_core.archive.exceptions import ArchiveFormatError
 from audit_core.archive.s3 import ArchiveBucket, Version
 from audit_core.archive.segments import (
     ObjectName,
+    clean_prefix,
     decompress,
     parse_key,
     parse_line,
@@ -146,7 +147,7 @@ class ArchiveVerifier:
 
     def tenants(self) -> list[str]:
         """Every tenant with objects under the archive's prefix."""
-        root = tenant_prefix(self.prefix, "x")[:-2]
+        root = f"{clean_prefix(self.prefix)}/" if clean_prefix(self.prefix) else ""
         return sorted(name for name in self.bucket.folders(root) if is_tenant_name(name))
 
     def verify(
