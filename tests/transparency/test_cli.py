@@ -143,3 +143,33 @@ def test_an_evidence_bundle_exported_verifies_offline_in_a_bare_process(
     trail = logged.ledger.read("acme", limit=100)
     exported = [r for r in trail if r["action"] == "audit.evidence_export"]
     assert exported[-1]["metadata"]["records"] == 8
+
+
+def test_after_a_key_rotation_earlier_checkpoints_verify_with_the_old_key_kept(
+    logged: OpenedLog, store: Store, tmp_path: Path, key_file: Path
+) -> None:
+    old_vkey = Signer.from_file(key_file).verifier.vkey
+    new_key = tmp_path / "new.key"
+    CliRunner().invoke(app, ["keys", "signing-generate", str(new_key), "--name", ORIGIN])
+    logged.record("acme", 2, prefix="after")
+    logged.runner.drain()
+    rotated = Cli(store, new_key)
+    env = {"VIGIL_VERIFIER_KEYS": old_vkey}
+    signed = rotated.runner.invoke(
+        app, ["checkpoint", "-t", "acme", "--sign"], env={**_env(rotated), **env}
+    )
+    assert signed.exit_code == 0, signed.output
+    verified = rotated.runner.invoke(app, ["verify"], env={**_env(rotated), **env})
+    assert verified.exit_code == 0, verified.output
+    assert "matches 2 signed checkpoint(s), latest size 14" in verified.stdout
+    forgotten = rotated("verify")
+    assert forgotten.exit_code == 1
+    assert "checkpoint 12, (bad_signature)" in forgotten.stdout
+
+
+def _env(cli: Cli) -> dict[str, str]:
+    return {
+        "VIGIL_DATABASE_URL": cli.store.url,
+        "VIGIL_SIGNING_KEY_FILE": str(cli.key_file),
+        "VIGIL_LOG_ORIGIN": ORIGIN,
+    }
