@@ -624,7 +624,13 @@ class Incidents(Application[UUID]):
         taken: list[tuple[Step, dict[str, Any]]] = []
 
         def escalate(incident: Incident, at: datetime) -> None:
-            policy = EscalationPolicy.from_dict(incident.policy) if incident.policy else None
+            if incident.policy is None:
+                raise InvalidIncidentError(
+                    "policy",
+                    f"{incident.ref} has no escalation policy to page; add a participant "
+                    "or assign a commander instead",
+                )
+            policy = EscalationPolicy.from_dict(incident.policy)
             step = manual_step(policy, incident.escalation, at)
             incident.take_escalation_step(
                 step.number, step.level, step.round, step.targets, step.next_at, at,

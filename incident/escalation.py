@@ -282,12 +282,10 @@ def next_step(policy: EscalationPolicy, state: Mapping[str, Any], now: datetime)
     return Step(number, next_level, round_, chosen.targets(now), now + chosen.ack_timeout)
 
 
-def manual_step(policy: EscalationPolicy | None, state: Mapping[str, Any], now: datetime) -> Step:
+def manual_step(policy: EscalationPolicy, state: Mapping[str, Any], now: datetime) -> Step:
     """A responder's "escalate": page the level after the current one at once (the last
     level again when there is none after it)."""
     number = int(state["steps"])
-    if policy is None:
-        return Step(number, 0, 0, [], None)
     level = state.get("level")
     next_level = 0 if level is None else min(int(level) + 1, len(policy.levels) - 1)
     chosen = policy.levels[next_level]

@@ -282,3 +282,11 @@ def test_vigil_worker_runs_the_scheduler_as_a_follower(
     finally:
         followers.close()
     assert len(_paged(incidents, opened.incident_id)) == 2
+
+
+def test_escalating_an_incident_without_a_policy_is_refused(incidents: Incidents) -> None:
+    from incident import InvalidIncidentError
+
+    opened = incidents.open("acme", "x", "SEV3")
+    with pytest.raises(InvalidIncidentError, match="no escalation policy to page"):
+        incidents.escalate("acme", opened.incident_id, Actor("alice"))
