@@ -230,3 +230,22 @@ def test_an_auditor_downloads_an_evidence_bundle_that_verifies_offline(
         "/v1/transparency/evidence", params={"from_seq": 0}, headers=analyst
     )
     assert refused.status_code == 403
+
+
+def test_earlier_verifier_keys_stay_published_after_a_rotation(
+    open_api: OpenApi, signer: Signer, tmp_path: Path
+) -> None:
+    old = Signer.generate("whatever.example/old")
+    api = open_api(
+        signing_key_file=str(tmp_path / "signing.key"),
+        log_origin=ORIGIN,
+        verifier_keys=old.verifier.vkey,
+    )
+    published = api.client.get(
+        "/v1/transparency/keys", headers=api.headers("acme", "analyst")
+    ).json()
+    assert published["origin"] == f"{ORIGIN}/acme"
+    assert published["keys"] == [
+        signer.verifier.named(f"{ORIGIN}/acme").vkey,
+        old.verifier.named(f"{ORIGIN}/acme").vkey,
+    ]
