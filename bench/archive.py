@@ -17,7 +17,12 @@ shape into a fresh ledger (SQLite file by default, or ``--database-url``), then:
 3. ``archive verify`` from S3 alone: every digest opened and checked, every segment
    re-hashed and its tree recomputed; records/s.
 
-The script only prints. Targets (issue 13): archive >= 50,000 records/s.
+4. Lag: a fresh ledger fed at ``--rate`` events/s for ``--lag-seconds`` while the
+   archiver runs in its own thread (segments of ``--lag-segment-seconds``); the age of
+   its oldest unconfirmed record, sampled four times a second, beside the target.
+
+The script only prints. Targets (issue 13): archive >= 50,000 records/s; archive lag at
+2,000 events/s <= the segment interval + 5 s.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -99,12 +105,75 @@ def fill(ledger: Ledger, records: int, tenants: int) -> None:
         ledger.record(tenant, [orjson.loads(raw) for raw in events[start : start + 1000]])
 
 
+def measure_lag(
+    options: argparse.Namespace,
+    endpoint: str,
+    workdir: Path,
+    bucket: ArchiveBucket,
+    keys: LogKeys,
+) -> None:
+    env = Settings(database_url=f"sqlite:///{workdir / 'lag.db'}").ledger_env()
+    ledger = Ledger(env)
+    store = open_store(env)
+    follower = ArchiveFollower(
+        ArchiveWriter(bucket, keys),
+        store.positions,
+        segment_records=1_000_000,
+        segment_seconds=options.lag_segment_seconds,
+        name="archive-lag",
+    )
+    runner = FollowerRunner(ledger, follower, store, poll_interval=0.2, page_size=2000)
+    events = make_events(int(options.rate * options.lag_seconds) + options.rate, "lag")
+    stop = threading.Event()
+    lags: list[float] = []
+
+    def sample() -> None:
+        while not stop.wait(0.25):
+            lag = runner.status().lag_seconds
+            if lag is not None:
+                lags.append(lag)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    runner.start()
+    sampler.start()
+    tick, sent, started = 0.1, 0, time.perf_counter()
+    per_tick = max(1, int(options.rate * tick))
+    while time.perf_counter() - started < options.lag_seconds:
+        batch = [orjson.loads(raw) for raw in events[sent : sent + per_tick]]
+        ledger.record("tenant-lag", batch)
+        runner.nudge()
+        sent += len(batch)
+        time.sleep(max(0.0, started + sent / options.rate - time.perf_counter()))
+    achieved = sent / (time.perf_counter() - started)
+    runner.catch_up(timeout=options.lag_segment_seconds + 60)
+    stop.set()
+    sampler.join()
+    runner.stop()
+    follower.close()
+    store.close()
+    ledger.close()
+    lags.sort()
+
+    def pct(p: float) -> float:
+        return lags[min(len(lags) - 1, int(p * len(lags)))] if lags else float("nan")
+
+    print(
+        f"lag at {achieved:,.0f} events/s for {options.lag_seconds:.0f} s, segments every "
+        f"{options.lag_segment_seconds:g} s: p50 {pct(0.5):.1f} s, p99 {pct(0.99):.1f} s, "
+        f"max {lags[-1] if lags else float('nan'):.1f} s  (target <= "
+        f"{options.lag_segment_seconds + 5:g} s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--tenants", type=int, default=4)
     parser.add_argument("--segment-records", type=int, default=10_000)
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--rate", type=int, default=2000, help="events/s for the lag run")
+    parser.add_argument("--lag-seconds", type=float, default=20.0, help="0: no lag run")
+    parser.add_argument("--lag-segment-seconds", type=float, default=5.0)
     options = parser.parse_args()
 
     server, endpoint = start_s3()
@@ -188,6 +257,8 @@ def main() -> None:
         print(row.format("archive verify (S3 alone)", verified / verify_time, verify_time, ""))
         store.close()
         ledger.close()
+        if options.lag_seconds > 0:
+            measure_lag(options, endpoint, workdir, bucket, keys)
     finally:
         server.terminate()
         server.wait(timeout=10)
