@@ -113,7 +113,7 @@ class IncidentSQLiteRecorder(SQLiteProcessRecorder):
     ``stored_events``, is the ledger's."""
 
     def __init__(self, datastore: SQLiteDatastore, *, events_table_name: str = "incident_events"):
-        super().__init__(datastore, events_table_name="incident_events")
+        super().__init__(datastore, events_table_name=events_table_name)
 
 
 class RunbookSource(Protocol):

@@ -325,13 +325,9 @@ class Incident(Aggregate):
         self.status = Status.TRIGGERED
         self.resolved_at = None
         self.closed_at = None
+        # Paging starts again from the first level; step numbers go on counting.
         self.escalation.update(
-            steps=self.escalation["steps"],
-            level=None,
-            round=0,
-            next_at=None,
-            active=self.policy is not None,
-            exhausted=False,
+            level=None, round=0, next_at=None, active=self.policy is not None, exhausted=False
         )
         self._log(at, "reopened", actor, f"reopened: {reason}")
 
