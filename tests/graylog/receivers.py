@@ -142,10 +142,13 @@ class HttpReceiver(Receiver):
         self,
         answer: Callable[[int, list[dict[str, Any]]], int] | None = None,
         tls: ssl.SSLContext | None = None,
+        authorization: str | None = None,
     ):
         super().__init__()
         self.answer = answer or (lambda number, messages: 202)
         self.tls = tls
+        self.authorization = authorization
+        """The Authorization header the input requires (401 without it), if any."""
         self.requests = 0
         self.client_ports: set[int] = set()
         self.statuses: list[int] = []
@@ -171,6 +174,8 @@ class HttpReceiver(Receiver):
                     number = receiver.requests
                     receiver.client_ports.add(self.client_address[1])
                 status = receiver.answer(number, messages) if self.path == "/gelf" else 404
+                if receiver.authorization not in (None, self.headers["Authorization"]):
+                    status = 401
                 with receiver._lock:
                     receiver.statuses.append(status)
                 if status == 202:

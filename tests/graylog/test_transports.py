@@ -3,6 +3,7 @@ returned ``send`` can promise."""
 
 from __future__ import annotations
 
+import base64
 import random
 import string
 from pathlib import Path
@@ -220,6 +221,31 @@ def test_http_names_the_message_graylog_refuses_in_a_batch(
         assert refused.value.index == 13
         # Everything before it was accepted.
         assert {m["_event_id"] for m in receiver.messages} == {f"evt-{i}" for i in range(13)}
+    finally:
+        receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("http://127.0.0.1:{port}/gelf", {"headers": {"Authorization": "Bearer t0ken"}}),
+        ("http://vigil:s%40cret@127.0.0.1:{port}/gelf", {}),
+    ],
+)
+def test_http_presents_the_credentials_the_input_requires(
+    connect: Connect, records: list[dict[str, Any]], url: str, options: dict[str, Any]
+) -> None:
+    required = "Bearer t0ken" if options else "Basic " + base64.b64encode(b"vigil:s@cret").decode()
+    receiver = HttpReceiver(authorization=required).start()
+    try:
+        connect(url.format(port=receiver.port), **options).send(packed(records[:2]))
+        assert_all_arrived(receiver.wait_for(2), records[:2])
+        # Without them, Graylog's 401 is an error to retry (a token being rotated), and
+        # the message it names holds no secret.
+        anonymous = connect(f"http://127.0.0.1:{receiver.port}/gelf")
+        with pytest.raises(DeliveryError, match="answered HTTP 401") as refused:
+            anonymous.send(packed(records[:1]))
+        assert "t0ken" not in str(refused.value)
     finally:
         receiver.stop()
 
