@@ -129,7 +129,8 @@ class MessageBuilder:
             # of canonical_bytes' own walk of the whole record.
             "full_message": canonical_bytes(
                 body,
-                may_hold_floats=_holds_float(body["metadata"]) or _holds_float(body["changes"]),
+                may_hold_floats=_holds_float(body.get("metadata") or {})
+                or _holds_float(body.get("changes") or {}),
             ).decode(),
             "timestamp": _epoch(record["occurred_at"]),
             "level": LEVELS.get(record["outcome"], LEVELS["failure"]),
@@ -154,7 +155,7 @@ class MessageBuilder:
         if record.get("request_id") is not None:
             message["_request_id"] = record["request_id"]
         if redacted:
-            message["_hmac_paths"] = ",".join(redacted)
+            message["_hmac_paths"] = ",".join(dict.fromkeys(redacted))  # once per path
         meta = body.get("metadata") or {}
         if meta:
             # No other field's name starts with _meta_: none can clash with these.

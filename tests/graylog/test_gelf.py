@@ -149,14 +149,14 @@ def test_sensitive_metadata_is_sent_as_its_hmac_and_never_in_clear(tmp_path: Pat
         metadata={
             "Email": "alice@example.org",
             "customer": {"email": "bob@example.org", "phone": "+33 6 12 34 56 78"},
-            "team": [{"email": "carol@example.org"}],
+            "team": [{"email": "carol@example.org"}, {"email": "carl@example.org"}],
             "workspace": "support-emea",
         },
         changes={"email": {"from": "dan@example.org", "to": "erin@example.org"}},
     )
     options = MessageOptions(host="h", hmac_key=KEY, hmac_fields=("email", "customer.phone"))
     packed = MessageBuilder(options).pack(record)
-    for secret in ("alice@", "bob@", "+33 6", "carol@", "dan@", "erin@"):
+    for secret in ("alice@", "bob@", "+33 6", "carol@", "carl@", "dan@", "erin@"):
         assert secret.encode() not in packed
     message = orjson.loads(packed)
 
