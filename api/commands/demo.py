@@ -231,7 +231,10 @@ def demo(
             except IncidentError as error:
                 fail(str(error), 2)
             try:
-                _respond(desk, ledger, tenant, events, clock, received, output_dir, settings)
+                background = how.startswith("a running worker")
+                _respond(
+                    desk, ledger, tenant, events, clock, received, output_dir, settings, background
+                )
             except IncidentError as error:
                 fail(f"the demo stopped: {error}", 2)
             finally:
@@ -260,11 +263,16 @@ def _respond(
     received: list[tuple[bool, dict[str, Any]]],
     output_dir: Path,
     settings: Settings,
+    background: bool,
 ) -> None:
     assert desk.vault is not None
     for name in ("edge_token", "idp_token", "idp_client_secret"):
         desk.vault.set(name, f"demo-{name}")
     incidents = desk.list_incidents(tenant)
+    deadline = time.monotonic() + 20
+    while not incidents and background and time.monotonic() < deadline:
+        time.sleep(0.5)  # a running worker's detector is reading the new records
+        incidents = desk.list_incidents(tenant)
     if not incidents:
         # Honest fallback: no detector ran, so open the stuffing incident by hand.
         attack = [e["id"] for e in events if e["actor"].get("ip") == "185.100.87.41"]
