@@ -70,6 +70,13 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
+def sends_body(request: Request) -> bool:
+    """Whether the request carries a body (an absent one has no media type to judge)."""
+    headers = request.headers
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers if length is None else length != "0"
+
+
 def takes_body(route: APIRoute) -> bool:
     return route.body_field is not None or "requestBody" in (route.openapi_extra or {})
 
@@ -168,7 +175,7 @@ def strict(
     async def checked(request: Request) -> Response:
         try:
             check_parameters(request, declared)
-            if body and (found := media_type(request)) != JSON_MEDIA_TYPE:
+            if body and (found := media_type(request)) != JSON_MEDIA_TYPE and sends_body(request):
                 raise UnsupportedMediaTypeError(found)
         except (HTTPException, RequestValidationError):
             # A caller without a valid key learns nothing but 401, as on every keyed

@@ -226,3 +226,12 @@ def test_a_list_query_parameter_may_be_repeated() -> None:
     with TestClient(app) as client:
         assert client.get("/things?tag=a&tag=b").json() == ["a", "b"]
         assert client.get("/things?tag=a&colour=b").status_code == 422
+
+
+def test_a_request_without_a_body_is_judged_by_the_route_not_refused_with_415(api: Api) -> None:
+    ingest = api.headers("acme", "ingest")
+    response = api.client.post("/v1/events", headers=ingest)
+    assert_problem(response, 400)
+    admin = api.headers("acme", "admin")
+    missing = assert_problem(api.client.post("/v1/keys", headers=admin), 422)
+    assert missing["problems"][0]["field"] == "body"  # type: ignore[index]
