@@ -428,6 +428,7 @@ async def export_events(
     """
     tenant = tenant_of(key, tenant, services)
     query = replace(filters, tenant=tenant)
+    services.view.validate(query)  # refused now, not once the export has started
     await wait_for_position(services, query)
     await audit_request(
         services,

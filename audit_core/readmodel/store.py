@@ -108,6 +108,12 @@ class TrailView(TrackingRecorder):
     def _select(self, statement: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
+    def validate(self, query: TrailQuery) -> None:
+        """Refuse now what this read model cannot search for (a network, or text
+        without a word, when keyed), e.g. before an export's answer starts."""
+        if self.blind is not None:
+            blinded(query, self.blind)
+
     def query(self, query: TrailQuery) -> SeqPage:
         """The seqs of a page of records matching ``query`` (its values as given)."""
         if self.blind is not None:

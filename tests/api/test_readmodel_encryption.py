@@ -159,3 +159,8 @@ def test_equality_and_whole_words_still_find_an_encrypted_event(open_api: OpenAp
     assert network.status_code == 422
     assert network.json()["problems"][0]["field"] == "actor_ip"
     assert "single address" in network.text
+    auditor = api.headers("acme", "auditor")
+    for params, field in (({"q": "%%"}, "q"), ({"actor_ip": "198.51.100.0/24"}, "actor_ip")):
+        export = api.client.get("/v1/events/export", params=params, headers=auditor)
+        assert export.status_code == 422  # before the export starts, not midway
+        assert export.json()["problems"][0]["field"] == field
