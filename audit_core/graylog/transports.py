@@ -147,9 +147,7 @@ class StreamTransport(Transport):
         written and taken as delivered. The server's first records settle it: session
         tickets (accepted) or an alert and a close (refused)."""
         try:
-            if not select.select(
-                [tls], [], [], min(self.settle_seconds, self.destination.timeout_seconds)
-            )[0]:
+            if not _readable(tls, min(self.settle_seconds, self.destination.timeout_seconds)):
                 return True  # a server that sends no tickets: judged on the first write
         except (OSError, ValueError):
             return False
@@ -183,7 +181,7 @@ class StreamTransport(Transport):
         never writes, so anything readable is a close, a reset, or TLS housekeeping."""
         pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
         try:
-            if not pending and not select.select([sock], [], [], 0)[0]:
+            if not pending and not _readable(sock, 0):
                 return True
             sock.setblocking(False)
             try:
@@ -205,6 +203,14 @@ class StreamTransport(Transport):
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has something to read (or was closed) within ``timeout`` s.
+    ``poll``, not ``select``: a busy server's descriptors go beyond select's 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 WRITE_BYTES = 1 << 20

@@ -4,6 +4,7 @@ returned ``send`` can promise."""
 from __future__ import annotations
 
 import base64
+import os
 import random
 import string
 from pathlib import Path
@@ -69,6 +70,22 @@ def test_tcp_reports_an_outage_and_delivers_once_the_input_is_back(
     transport.send(packed(records[10:]))
     assert_all_arrived(tcp_receiver.wait_for(20), records)
     transport.close()
+
+
+def test_tcp_works_in_a_process_holding_more_than_1024_descriptors(
+    connect: Connect, tcp_receiver: TcpReceiver, records: list[dict[str, Any]]
+) -> None:
+    # A busy server's sockets get descriptors beyond what select() can watch.
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        transport = connect(f"tcp://127.0.0.1:{tcp_receiver.port}")
+        transport.send(packed(records[:10]))
+        transport.send(packed(records[10:]))
+        assert_all_arrived(tcp_receiver.wait_for(20), records)
+        assert tcp_receiver.connections_accepted == 1
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
 
 
 def test_tls_verifies_the_input_and_presents_a_client_certificate(
