@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from api.cli import app
 from audit_core.transparency.note import Signer
@@ -127,8 +126,14 @@ def test_verify_exits_1_naming_a_missing_segment(
 ) -> None:
     record(sqlite_store.open_ledger(), "acme", 30)
     assert vigil("archive", "init", VIGIL_ARCHIVE_LOCK_MODE="OFF").exit_code == 0
-    env = {"VIGIL_ARCHIVE_LOCK_MODE": "OFF", "VIGIL_ARCHIVE_SEGMENT_RECORDS": "10"}
-    assert vigil("rebuild", "archive", database=sqlite_store, **env).exit_code == 0
+    rebuilt = vigil(
+        "rebuild",
+        "archive",
+        database=sqlite_store,
+        VIGIL_ARCHIVE_LOCK_MODE="OFF",
+        VIGIL_ARCHIVE_SEGMENT_RECORDS="10",
+    )
+    assert rebuilt.exit_code == 0, rebuilt.output
     from api.archive import bucket_settings
     from api.settings import Settings
     from audit_core.archive.s3 import ArchiveBucket
@@ -140,7 +145,7 @@ def test_verify_exits_1_naming_a_missing_segment(
         if version["Key"] == key:
             bucket.delete_version(key, version["VersionId"])
 
-    checked = vigil("archive", "verify", **env)
+    checked = vigil("archive", "verify", VIGIL_ARCHIVE_LOCK_MODE="OFF")
 
     assert checked.exit_code == 1
     assert f"missing_segment seq 10-19 ({key})" in checked.output
