@@ -161,3 +161,23 @@ def test_s3_out_of_reach_is_exit_5(vigil: Operator) -> None:
     result = vigil("archive", "init", VIGIL_ARCHIVE_ENDPOINT_URL="http://127.0.0.1:9")
     assert result.exit_code == 5
     assert "S3 (http://127.0.0.1:9" in result.output
+
+
+def test_an_auditor_verifies_with_the_published_verifier_key_alone(
+    vigil: Operator, source_store: SQLiteStore, signer: Signer, tmp_path: Path
+) -> None:
+    record(source_store.open_ledger(), "acme", 12)
+    assert vigil("archive", "init").exit_code == 0
+    assert vigil("rebuild", "archive", database=source_store).exit_code == 0
+    vkey = tmp_path / "log.vkey"
+    vkey.write_text(signer.verifier.vkey + "\n", encoding="utf-8")
+
+    trusted = vigil("archive", "verify", "--key", str(vkey), VIGIL_SIGNING_KEY_FILE="")
+    stranger = Signer.generate("someone-else").verifier.vkey
+    untrusted = vigil("archive", "verify", "--key", stranger, VIGIL_SIGNING_KEY_FILE="")
+
+    assert trusted.exit_code == 0, trusted.output
+    assert "ok      acme: 1 segments, 12 records" in trusted.output
+    assert untrusted.exit_code == 1
+    assert "invalid_digest seq 0-11" in untrusted.output
+    assert "no signature by a trusted key" in untrusted.output
