@@ -17,11 +17,12 @@ being idempotent, records nothing twice.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, cast
 from uuid import UUID, uuid4
 
@@ -231,8 +232,10 @@ class Incidents(Application[UUID]):
         )
         self._index_lock = threading.Lock()
         self._position = 0
-        self._tenants: dict[UUID, str] = {}
-        self._escalating: set[UUID] = set()
+        self._summaries: dict[UUID, dict[str, Any]] = {}
+        """Every incident's summary as of the last refresh, for lists without loading."""
+        self._due: dict[UUID, datetime | None] = {}
+        """Escalating incidents and when their next step is due (None: at once)."""
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
         values = dict(type(self).env)
@@ -653,9 +656,12 @@ class Incidents(Application[UUID]):
         self._refresh()
         done: list[dict[str, Any]] = []
         with self._index_lock:  # API threads refresh the index too
-            escalating = sorted(self._escalating)
-        for incident_id in escalating:
-            tenant = self._tenants[incident_id]
+            due = sorted(
+                (i, self._summaries[i]["tenant"])
+                for i, at in self._due.items()
+                if at is None or at <= now
+            )
+        for incident_id, tenant in due:
             if tenants is not None and tenant not in tenants:
                 continue
             taken: list[tuple[Step, dict[str, Any]]] = []
@@ -693,35 +699,31 @@ class Incidents(Application[UUID]):
                 )
 
     def _refresh(self) -> None:
-        """Read new incident events: which tenant each incident is in, and which ones
-        escalate (those whose state may have changed are loaded again)."""
+        """Read new incident events and load again the incidents they changed: their
+        summaries (for lists) and when their next escalation step is due (for ticks)."""
         with self._index_lock:
             changed: set[UUID] = set()
             while True:
                 page = self.recorder.select_notifications(self._position + 1, 500)
                 for notification in page:
                     if notification.topic.startswith(_INCIDENT_TOPIC):
-                        if notification.topic == _TRIGGERED_TOPIC:
-                            opened = cast(
-                                Incident.Triggered, self.mapper.to_domain_event(notification)
-                            )
-                            self._tenants[opened.originator_id] = opened.tenant
                         changed.add(cast(UUID, notification.originator_id))
                     self._position = notification.id
                 if len(page) < 500:
                     break
             for incident_id in changed:
                 incident: Incident = self.repository.get(incident_id)
+                self._summaries[incident_id] = incident.summary()
                 if incident.status == Status.TRIGGERED and incident.escalation["active"]:
-                    self._escalating.add(incident_id)
+                    self._due[incident_id] = incident.escalation["next_at"]
                 else:
-                    self._escalating.discard(incident_id)
+                    self._due.pop(incident_id, None)
 
     # -- reading ----------------------------------------------------------------------
 
     def _incident_ids(self, tenant: str) -> list[UUID]:
         with self._index_lock:
-            return [i for i, t in self._tenants.items() if t == tenant]
+            return [i for i, summary in self._summaries.items() if summary["tenant"] == tenant]
 
     def get(self, tenant: str, incident_id: UUID) -> dict[str, Any]:
         """One incident with its timeline, evidence, runbook steps and escalation."""
@@ -743,21 +745,23 @@ class Incidents(Application[UUID]):
     ) -> list[dict[str, Any]]:
         """The tenant's incidents, newest first, as summaries."""
         self._refresh()
-        ids = self._incident_ids(tenant)
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        with self._index_lock:
+            summaries = [s for s in self._summaries.values() if s["tenant"] == tenant]
         found = []
-        for incident_id in ids:
-            incident: Incident = self.repository.get(incident_id)
-            if status and incident.status.value not in status:
+        for summary in summaries:
+            if status and summary["status"] not in status:
                 continue
-            if severity and incident.severity not in severity:
+            if severity and summary["severity"] not in severity:
                 continue
-            if rule is not None and incident.rule != rule:
+            if rule is not None and summary["rule"] != rule:
                 continue
-            if since is not None and incident.triggered_at < since:
+            if since is not None and datetime.fromisoformat(summary["triggered_at"]) < since:
                 continue
-            found.append(incident)
-        found.sort(key=lambda i: (i.triggered_at, str(i.id)), reverse=True)
-        return [i.summary() for i in found[:limit]]
+            found.append(summary)
+        found.sort(key=lambda s: (datetime.fromisoformat(s["triggered_at"]), s["id"]), reverse=True)
+        return copy.deepcopy(found[:limit])
 
     def resolve_ref(self, tenant: str, ref: str) -> UUID:
         """An incident id from its UUID, its INC- reference or a unique hex prefix."""
@@ -946,7 +950,6 @@ def _take_due_step(
 
 
 _INCIDENT_TOPIC = get_topic(Incident) + "."
-_TRIGGERED_TOPIC = get_topic(Incident.Triggered)
 
 _QUIET = frozenset(
     {"originator_id", "originator_version", "timestamp", "originator_topic", "at", "actor"}
