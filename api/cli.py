@@ -204,6 +204,10 @@ def record(
         fail(f"cannot read {source}: {error}", 2)
     located = parse_events(text, source)
     groups = _by_tenant(located, tenant)
+    from api.auth_audit import SYSTEM_TENANT
+
+    if SYSTEM_TENANT in groups:
+        fail(f"tenant {SYSTEM_TENANT!r} is Vigil's own log; nothing recorded", 2)
     with open_ledger() as ledger:
         batch_size = min(batch_size, ledger.limits.max_batch_events)
         batches = [

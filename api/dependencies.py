@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 
+from api.auth_audit import SYSTEM_TENANT, failed_auth_event
 from api.keys import ApiKey, Permission
 from api.services import Services
 from audit_core.schema import TENANT_PATTERN, is_tenant_name
@@ -146,13 +148,19 @@ async def current_key(request: Request) -> ApiKey:
     services = services_of(request)
     token = _bearer_token(request)
     if token is None:
+        await _audit_failure(request, services, "missing", None, None)
         raise _unauthorized(services, "an API key is required (Authorization: Bearer <key>)")
     key = await services.authenticate(token)
     if key is None:
+        key_id, named = await run_in_threadpool(services.keys.named_by, token)
+        reason = "malformed" if key_id is None else "wrong_secret" if named else "unknown_key"
+        await _audit_failure(request, services, reason, named, key_id)
         raise _unauthorized(services, "the API key is not valid")
     if key.revoked_at is not None:
+        await _audit_failure(request, services, "revoked", key, key.key_id)
         raise _unauthorized(services, f"API key {key.key_id} has been revoked")
     if key.is_expired():
+        await _audit_failure(request, services, "expired", key, key.key_id)
         raise _unauthorized(services, f"API key {key.key_id} has expired")
     if not key.allows_address(client_ip(request)):
         raise forbidden(
@@ -160,6 +168,30 @@ async def current_key(request: Request) -> ApiKey:
         )
     request.state.key_id = key.key_id
     return key
+
+
+async def _audit_failure(
+    request: Request,
+    services: Services,
+    reason: str,
+    key: ApiKey | None,
+    presented_key_id: str | None,
+) -> None:
+    """Record a 401 in the key's tenant, or in ``vigil-system`` when no key is known."""
+    if services.auth_audit is None:
+        return
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    event = failed_auth_event(
+        reason,
+        f"{request.method} {route}",
+        request.url.path,
+        key_id=key.key_id if key else None,
+        presented_key_id=presented_key_id,
+        ip=client_ip(request),
+        user_agent=request.headers.get("user-agent"),
+        request_id=getattr(request.state, "request_id", None),
+    )
+    await services.auth_audit.failed(key.tenant if key else SYSTEM_TENANT, event)
 
 
 def requires(permission: Permission) -> Callable[..., Awaitable[ApiKey]]:
@@ -223,6 +255,14 @@ def tenant_param(request: Request) -> str | None:
 def tenant_of(key: ApiKey, tenant: str | None, services: Services, *, creates: bool = False) -> str:
     """The tenant a request acts on: the key's own, unless an all-tenants key names
     another, which must have a log unless the request ``creates`` it (a write)."""
+    if creates and tenant == SYSTEM_TENANT:
+        raise forbidden(
+            services,
+            key,
+            f"tenant {SYSTEM_TENANT!r} is Vigil's own; nothing is recorded there "
+            "but failed authentications",
+            tenant,
+        )
     if tenant is None or tenant == key.tenant:
         return key.tenant
     if not key.can_access(tenant):

@@ -29,6 +29,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.utils import Environment
 
+from api.auth_audit import SYSTEM_TENANT
 from audit_core.schema import TENANT_PATTERN, is_tenant_name, unstorable_text
 
 
@@ -169,6 +170,12 @@ def check_spec(
     """Validated roles and normalised networks of a key about to be created."""
     if not is_tenant_name(tenant):
         raise InvalidKeySpecError("tenant", f"{tenant!r} must match {TENANT_PATTERN}")
+    if tenant == SYSTEM_TENANT:
+        raise InvalidKeySpecError(
+            "tenant",
+            f"{SYSTEM_TENANT!r} is reserved for Vigil's log of failed authentications; "
+            "read it with an --all-tenants key",
+        )
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise InvalidKeySpecError(
             "description", f"is longer than {MAX_DESCRIPTION_CHARS} characters"
@@ -332,6 +339,17 @@ class KeyStore:
         if not rows or not hmac.compare_digest(bytes(rows[0][1]), token_hash(token)):
             return None
         return self._key(rows[0])
+
+    def named_by(self, token: str) -> tuple[str | None, ApiKey | None]:
+        """The key id a token names, if it is shaped like a token, and that key if it
+        exists (whether or not the token's secret is its own): whose failure it is."""
+        match = _TOKEN.fullmatch(token)
+        if match is None:
+            return None, None
+        try:
+            return match.group(1), self.get(match.group(1))
+        except ApiKeyNotFoundError:
+            return match.group(1), None
 
     def list(self, tenant: str | None = None, *, include_revoked: bool = True) -> list[ApiKey]:
         statement = f"SELECT {self._columns} FROM {self.table}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from api.auth_audit import FailedAuthAudit, record_pending
 from api.followers import build_followers
 from api.group_commit import GroupCommitter, WriteTimeoutError
 from api.keys import ApiKey, KeyStore
@@ -49,6 +50,8 @@ class Services:
     worker: Worker | None = None
     _key_cache: dict[str, tuple[float, ApiKey | None]] = field(default_factory=dict)
     _known_tenants: set[str] = field(default_factory=set)
+    auth_audit: FailedAuthAudit | None = None
+    """Records failed authentications, rate-limited (``api.auth_audit``)."""
     closers: list[Callable[[], None]] = field(default_factory=list)
     """Called first on close: what a router built on first use (the incidents desk)."""
 
@@ -59,6 +62,10 @@ class Services:
             self.worker.stop()
         for follower in self.followers:
             follower.close()
+        if self.auth_audit is not None:
+            record_pending(
+                self.auth_audit, lambda tenant, event: self.ledger.record(tenant, [event])
+            )
         self.keys.close()
         self.store.close()
         self.ledger.close()
@@ -194,6 +201,11 @@ def build_services(settings: Settings) -> Services:
         on_commit=metrics.group_size.observe,
     )
     services = Services(settings, ledger, view, keys, committer, metrics, store, followers)
+    services.auth_audit = FailedAuthAudit(
+        lambda tenant, event: services.record(ledger.prepare(tenant, [event])),
+        settings.auth_failure_audit_limit,
+        settings.auth_failure_audit_window_seconds,
+    )
     metrics.watch_followers(services.follower_statuses)
     if settings.readmodel_follow:
         runners = [

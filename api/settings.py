@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from audit_core.graylog import Destination, MessageOptions
 
 
+SHIPPED_RUNBOOKS = Path(__file__).resolve().parents[1] / "runbooks"
+"""The runbooks, escalation policies and detection rules that ship with Vigil (installed
+beside the packages)."""
+
+
 class Settings(BaseSettings):
     """Vigil's configuration; each field is read from ``VIGIL_<FIELD NAME>``."""
 
@@ -137,9 +142,9 @@ class Settings(BaseSettings):
     )
     # -- incidents (issue 14): escalation, runbooks, notifications ---------------------
     incident_runbooks_dir: str = Field(
-        default="runbooks",
+        default="",
         description="Runbooks (*.yaml, *.md with front matter); escalation policies are "
-        "read from its policies/ directory.",
+        "read from its policies/ directory. Empty: the runbooks shipped with Vigil.",
     )
     incident_default_policy: str = Field(
         default="", description="Escalation policy for incidents opened without one."
@@ -163,12 +168,14 @@ class Settings(BaseSettings):
     )
     # -- detection rules (issue 14); docs/detection.md ---------------------------------
     incident_detector: bool = Field(
-        default=False,
+        default=True,
         description="Run the detection rules over the ledger (follower "
         "incident-detector), opening incidents; its runbooks must exist.",
     )
     incident_rules_dir: str = Field(
-        default="runbooks/rules", description="Detection rules (*.yaml), checked at start."
+        default="",
+        description="Detection rules (*.yaml), checked at start. Empty: the rules shipped "
+        "with Vigil.",
     )
     webhook_urls: str = Field(
         default="",
@@ -309,9 +316,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _archive_complete(self) -> Settings:
-        """SSE-KMS needs a key, and S3 credentials come in pairs: say so at start-up."""
+        """The archiver signs with the log's key, SSE-KMS needs a key, and S3 credentials
+        come in pairs: say so at start-up rather than when the first segment closes."""
         if not self.archive_bucket:
             return self
+        if not self.signing_key_file:
+            raise ValueError(
+                "VIGIL_ARCHIVE_BUCKET is set but VIGIL_SIGNING_KEY_FILE is not: the archiver "
+                "signs its digests with the log's key (`vigil keys signing-generate`); to "
+                "only verify an archive, leave the bucket unset and use `vigil archive "
+                "verify --bucket NAME --key VKEY`"
+            )
         if self.archive_encryption == "aws:kms" and not self.archive_kms_key_id:
             raise ValueError("VIGIL_ARCHIVE_ENCRYPTION=aws:kms needs VIGIL_ARCHIVE_KMS_KEY_ID")
         if (self.archive_access_key_id is None) != (self.archive_secret_access_key is None):
@@ -365,6 +380,14 @@ class Settings(BaseSettings):
                     f"VIGIL_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
                 ) from None
         return ",".join(entries)
+
+    def runbooks_path(self) -> Path:
+        return Path(self.incident_runbooks_dir) if self.incident_runbooks_dir else SHIPPED_RUNBOOKS
+
+    def rules_path(self) -> Path:
+        return (
+            Path(self.incident_rules_dir) if self.incident_rules_dir else SHIPPED_RUNBOOKS / "rules"
+        )
 
     def redacted_database_url(self) -> str:
         """The database URL with its password masked, for messages and logs."""
