@@ -19,14 +19,18 @@ from audit_core.transparency.note import Verifier, parse_vkeys
 from audit_core.transparency.store import tree_store_class
 
 
-def bucket_settings(settings: Settings) -> BucketSettings:
-    """The archive's S3 settings, or an ``ArchiveConfigError`` naming what is wrong."""
-    if not settings.archive_bucket:
+def bucket_settings(
+    settings: Settings, bucket: str | None = None, prefix: str | None = None
+) -> BucketSettings:
+    """The archive's S3 settings (``bucket`` and ``prefix`` given on a command line win),
+    or an ``ArchiveConfigError`` naming what is wrong."""
+    bucket = bucket or settings.archive_bucket
+    if not bucket:
         raise ArchiveConfigError("no archive is configured: set VIGIL_ARCHIVE_BUCKET")
     secret = settings.archive_secret_access_key
     return BucketSettings(
-        bucket=settings.archive_bucket,
-        prefix=settings.archive_prefix,
+        bucket=bucket,
+        prefix=settings.archive_prefix if prefix is None else prefix,
         endpoint_url=settings.archive_endpoint_url,
         region=settings.archive_region,
         access_key_id=settings.archive_access_key_id,

@@ -99,8 +99,20 @@ def _verify_progress() -> Progress:
     )
 
 
+BucketOption = Annotated[
+    str | None,
+    typer.Option("--bucket", help="The archive's bucket (default: VIGIL_ARCHIVE_BUCKET)."),
+]
+PrefixOption = Annotated[
+    str | None,
+    typer.Option("--prefix", help="Its key prefix (default: VIGIL_ARCHIVE_PREFIX)."),
+]
+
+
 @archive_app.command("verify")
 def verify(
+    bucket: BucketOption = None,
+    prefix: PrefixOption = None,
     tenant: Annotated[
         list[str] | None, typer.Option("--tenant", "-t", help="Only these tenants (repeatable).")
     ] = None,
@@ -120,7 +132,7 @@ def verify(
     every segment re-hashed here. Exit 1 if anything is missing, invalid or absent."""
     settings = load_settings()
     with archive_errors():
-        config = bucket_settings(settings)
+        config = bucket_settings(settings, bucket, prefix)
         keys = log_keys(settings, key)
         if not keys.verifiers:
             fail(
@@ -162,6 +174,8 @@ def verify(
 
 @archive_app.command("restore")
 def restore(
+    bucket: BucketOption = None,
+    prefix: PrefixOption = None,
     tenant: Annotated[
         list[str] | None,
         typer.Option("--tenant", "-t", help="Only these tenants (default: every one)."),
@@ -175,7 +189,7 @@ def restore(
     archive, then prove them against the archived checkpoints."""
     settings = load_settings()
     with archive_errors():
-        config = bucket_settings(settings)
+        config = bucket_settings(settings, bucket, prefix)
         keys = log_keys(settings, key)
         if not keys.verifiers:
             fail("no key to check signatures with: give --key or set VIGIL_SIGNING_KEY_FILE", 2)

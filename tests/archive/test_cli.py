@@ -152,9 +152,18 @@ def test_verify_exits_1_naming_a_missing_segment(
 
 
 def test_verify_without_any_key_is_a_configuration_error(vigil: Operator) -> None:
-    result = vigil("archive", "verify", VIGIL_SIGNING_KEY_FILE="")
+    bucket = vigil.env["VIGIL_ARCHIVE_BUCKET"]
+    result = vigil(
+        "archive", "verify", "--bucket", bucket, VIGIL_SIGNING_KEY_FILE="", VIGIL_ARCHIVE_BUCKET=""
+    )
     assert result.exit_code == 2
     assert "--key" in result.output
+
+
+def test_an_archive_without_a_signing_key_is_refused_at_start_up(vigil: Operator) -> None:
+    result = vigil("status", VIGIL_SIGNING_KEY_FILE="")
+    assert result.exit_code == 2
+    assert "VIGIL_SIGNING_KEY_FILE is not" in result.output
 
 
 def test_s3_out_of_reach_is_exit_5(vigil: Operator) -> None:
@@ -172,9 +181,12 @@ def test_an_auditor_verifies_with_the_published_verifier_key_alone(
     vkey = tmp_path / "log.vkey"
     vkey.write_text(signer.verifier.vkey + "\n", encoding="utf-8")
 
-    trusted = vigil("archive", "verify", "--key", str(vkey), VIGIL_SIGNING_KEY_FILE="")
+    # The auditor's configuration: S3 access, no archive to run, no signing key.
+    auditor = {"VIGIL_ARCHIVE_BUCKET": "", "VIGIL_SIGNING_KEY_FILE": ""}
+    where = ("--bucket", vigil.env["VIGIL_ARCHIVE_BUCKET"], "--prefix", "evidence")
+    trusted = vigil("archive", "verify", *where, "--key", str(vkey), **auditor)
     stranger = Signer.generate("someone-else").verifier.vkey
-    untrusted = vigil("archive", "verify", "--key", stranger, VIGIL_SIGNING_KEY_FILE="")
+    untrusted = vigil("archive", "verify", *where, "--key", stranger, **auditor)
 
     assert trusted.exit_code == 0, trusted.output
     assert "ok      acme: 1 segments, 12 records" in trusted.output
