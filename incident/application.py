@@ -242,6 +242,12 @@ class Incidents(Application[UUID]):
         values.update(env or {})
         if values.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
             values["PROCESS_RECORDER_TOPIC"] = get_topic(IncidentSQLiteRecorder)
+        else:
+            # A process holds several of these (the API's, the scheduler's, the
+            # detector's) for a small share of its traffic: one connection each, a few
+            # more in a burst, rather than the ledger's pool size each.
+            values["POSTGRES_POOL_SIZE"] = "1"
+            values["POSTGRES_MAX_OVERFLOW"] = "4"
         return Environment(name, values)
 
     def construct_recorder(self) -> ProcessRecorder:
