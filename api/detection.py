@@ -17,7 +17,7 @@ from incident.rules import Rule, RuleError, load_rules
 
 def configured_rules(settings: Settings) -> list[Rule]:
     """The rules of VIGIL_INCIDENT_RULES_DIR; raises RuleError naming each bad file."""
-    return load_rules(settings.incident_rules_dir)
+    return load_rules(settings.rules_path())
 
 
 def check_runbooks(rules: list[Rule], runbooks: object) -> None:

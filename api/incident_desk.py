@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from pathlib import Path
 
 from api.settings import Settings
 from audit_core import Ledger
@@ -44,7 +43,7 @@ def build_incidents(
 ) -> Incidents:
     """The incidents application on the ledger's database; raises ConfigurationError
     naming the file (and line) or the variable at fault."""
-    directory = Path(settings.incident_runbooks_dir)
+    directory = settings.runbooks_path()
     catalogue = RunbookCatalogue.load(directory)
     policies = load_policies(directory / "policies")
     default = settings.incident_default_policy or None

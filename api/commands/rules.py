@@ -57,7 +57,7 @@ def check(
 ) -> None:
     """Validate rule files; print each rule, or each refusal with its file and line."""
     settings = load_settings()
-    path = directory or Path(settings.incident_rules_dir)
+    path = directory or settings.rules_path()
     if not path.exists():
         fail(f"{path}: no such file or directory", 3)
     rules = _load(path)
@@ -79,7 +79,7 @@ def _check_runbooks(settings: Settings, rules: list[Rule]) -> None:
     from incident.runbooks import RunbookCatalogue
 
     try:
-        catalogue = RunbookCatalogue.load(Path(settings.incident_runbooks_dir))
+        catalogue = RunbookCatalogue.load(settings.runbooks_path())
         check_runbooks(rules, catalogue)
     except ConfigurationError as error:
         fail(f"{error} (VIGIL_INCIDENT_RUNBOOKS_DIR={settings.incident_runbooks_dir})", 2)

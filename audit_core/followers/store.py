@@ -333,6 +333,11 @@ class FollowerStore:
         state_class = _STATE_RECORDERS.get(module)
         if state_class is None:
             raise TypeError(f"followers need SQLite or PostgreSQL, not {module!r}")
+        if module == "eventsourcing.postgres":
+            # One connection kept open; more, up to the ledger's pool size, while
+            # several followers of this process write at once.
+            size = int(env.get("POSTGRES_POOL_SIZE") or 5)
+            env = {**env, "POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": str(max(size, 2))}
         self.factory = InfrastructureFactory.construct(Environment("Followers", env))
         try:
             recorder = self.factory.tracking_recorder(state_class)

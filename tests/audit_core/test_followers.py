@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pytest
@@ -233,6 +233,11 @@ def test_two_followers_on_one_database_do_not_wait_for_each_other(
 
 def _worker(store: Store, tmp_path: Path) -> subprocess.Popen[bytes]:
     """``vigil worker --only readmodel`` in a process of its own (its log in tmp_path)."""
+    with open(tmp_path / f"worker-{time.monotonic_ns()}.log", "wb") as log:
+        return _start_worker(store, tmp_path, log)
+
+
+def _start_worker(store: Store, tmp_path: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "VIGIL_DATABASE_URL": store.url,
@@ -244,7 +249,7 @@ def _worker(store: Store, tmp_path: Path) -> subprocess.Popen[bytes]:
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
 
 
