@@ -25,6 +25,7 @@ from api.dependencies import AccessDenied, audit_request
 from api.group_commit import WriteTimeoutError
 from api.keys import ApiKeyNotFoundError, InvalidKeySpecError
 from audit_core import (
+    DamagedLogError,
     DuplicateEventIdError,
     EventNotFoundError,
     InvalidEventError,
@@ -102,6 +103,12 @@ async def _duplicate(request: Request, error: Exception) -> Response:
 
 async def _not_found(request: Request, error: Exception) -> Response:
     return problem(404, str(error))
+
+
+async def _damaged(request: Request, error: Exception) -> Response:
+    """A log that cannot be replayed takes no append until an operator has looked."""
+    _count(request, "damaged")
+    return problem(500, str(error))
 
 
 async def _busy(request: Request, error: Exception) -> Response:
@@ -196,6 +203,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TenantNotFoundError, _not_found)
     app.add_exception_handler(ApiKeyNotFoundError, _not_found)
     app.add_exception_handler(LedgerBusyError, _busy)
+    app.add_exception_handler(DamagedLogError, _damaged)
     app.add_exception_handler(WriteTimeoutError, _write_timeout)
     app.add_exception_handler(PersistenceError, _storage)
     app.add_exception_handler(InvalidQueryError, _bad_query)

@@ -15,13 +15,13 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from api.auth_audit import FailedAuthAudit, record_pending
+from api.auth_audit import SYSTEM_TENANT, FailedAuthAudit, record_pending
 from api.followers import build_followers
 from api.group_commit import GroupCommitter, WriteTimeoutError
 from api.keys import ApiKey, KeyStore
 from api.metrics import Metrics
 from api.settings import Settings
-from audit_core import Ledger, PreparedBatch, Record
+from audit_core import DamagedLogError, Ledger, PreparedBatch, Record
 from audit_core.followers import (
     Follower,
     FollowerRunner,
@@ -168,7 +168,13 @@ class Services:
         }
         if request_id:
             event["request_id"] = request_id[:256]
-        [record] = await self.record(self.ledger.prepare(tenant, [event]))
+        try:
+            [record] = await self.record(self.ledger.prepare(tenant, [event]))
+        except DamagedLogError:
+            # A damaged log takes no append, yet the verification that finds the damage
+            # must answer, and be recorded: in Vigil's own log, naming the tenant.
+            event["metadata"] = {**event["metadata"], "tenant": tenant, "tenant_log_damaged": True}
+            [record] = await self.record(self.ledger.prepare(SYSTEM_TENANT, [event]))
         return record
 
 
@@ -201,8 +207,16 @@ def build_services(settings: Settings) -> Services:
         on_commit=metrics.group_size.observe,
     )
     services = Services(settings, ledger, view, keys, committer, metrics, store, followers)
+
+    async def record_failure(tenant: str, event: dict[str, Any]) -> None:
+        try:
+            await services.record(ledger.prepare(tenant, [event]))
+        except DamagedLogError:  # as Services.audit does
+            event["metadata"] = {**event["metadata"], "tenant": tenant, "tenant_log_damaged": True}
+            await services.record(ledger.prepare(SYSTEM_TENANT, [event]))
+
     services.auth_audit = FailedAuthAudit(
-        lambda tenant, event: services.record(ledger.prepare(tenant, [event])),
+        record_failure,
         settings.auth_failure_audit_limit,
         settings.auth_failure_audit_window_seconds,
     )

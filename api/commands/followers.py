@@ -39,9 +39,9 @@ followers_app = typer.Typer(help="Inspect and steer the ledger's followers.")
 
 @contextmanager
 def opened_followers(
-    settings: Settings, only: list[str] | None = None
+    settings: Settings, only: list[str] | None = None, *, read_only: bool = False
 ) -> Iterator[tuple[Ledger, FollowerStore, list[Follower]]]:
-    with open_ledger(settings) as ledger:
+    with open_ledger(settings, read_only=read_only) as ledger:
         store = open_store(settings.ledger_env())
         try:
             try:
@@ -151,7 +151,7 @@ def status(
 ) -> None:
     """Each follower: position, lag, who leads, and the record it is stopped at."""
     settings = load_settings()
-    with opened_followers(settings) as (ledger, store, followers):
+    with opened_followers(settings, read_only=True) as (ledger, store, followers):
         statuses = [follower_status(ledger, follower, store) for follower in followers]
     for s in statuses:
         if as_json:

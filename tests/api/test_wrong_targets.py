@@ -31,6 +31,7 @@ READING = [
     ["show", "--seq", "0", "-t", "acme"],
     ["tenants"],
     ["keys", "list"],
+    ["status"],
 ]
 reading = pytest.mark.parametrize("args", READING, ids=lambda args: "-".join(args[:2]))
 
