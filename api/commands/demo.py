@@ -33,7 +33,7 @@ import typer
 from api.cli import err, fail, load_settings, open_ledger, out
 from api.commands.incidents import show_incident
 from api.incident_desk import build_incidents
-from api.settings import Settings
+from api.settings import SHIPPED_RUNBOOKS, Settings
 from audit_core import Ledger, verify_tenant
 from incident import Actor, Evidence, IncidentError, Incidents
 from incident.escalation import ManualClock
@@ -41,7 +41,6 @@ from incident.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from incident.postmortem import duration, publish
 from incident.simulation import Tenant
 
-SHIPPED_RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
 _HOSTS = re.compile(r"https://(?:edge|idp|auth)\.example\.com")
 _ALLOWLIST = re.compile(r"^allowlist: \[.*\]$", re.MULTILINE)
 
