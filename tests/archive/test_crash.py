@@ -31,7 +31,7 @@ def run_archiver(store: Store, bucket: ArchiveBucket, key_file: Path, mode: str)
         cwd=ROOT,
         env=env,
         capture_output=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert result.returncode in (0, -signal.SIGKILL), result.stderr.decode()[-2000:]
