@@ -343,6 +343,38 @@ def verify_bundle(
 # -- gathering, from a ledger and its tree -------------------------------------------------
 
 
+def _read(ledger: Ledger, tenant: str, seqs: Sequence[int]) -> list[dict[str, Any]]:
+    """The records at ``seqs`` (ascending), consecutive runs read as ranges of the log
+    (an index range scan) and scattered ones by seq."""
+    records: list[dict[str, Any]] = []
+    scattered: list[int] = []
+    start = 0
+    while start < len(seqs):
+        end = start
+        while end + 1 < len(seqs) and seqs[end + 1] == seqs[end] + 1:
+            end += 1
+        if end - start >= 16:
+            records += _flush(ledger, tenant, scattered)
+            for first in range(seqs[start], seqs[end] + 1, 1000):
+                count = min(1000, seqs[end] + 1 - first)
+                records += ledger.read(tenant, from_seq=first, limit=count)
+        else:
+            scattered += seqs[start : end + 1]
+        start = end + 1
+    records += _flush(ledger, tenant, scattered)
+    if [record["seq"] for record in records] != list(seqs):
+        raise EvidenceError(f"records of tenant {tenant!r} are missing from the ledger")
+    return records
+
+
+def _flush(ledger: Ledger, tenant: str, seqs: list[int]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(seqs), 1000):
+        records += ledger.records_at(tenant, seqs[start : start + 1000])
+    seqs.clear()
+    return records
+
+
 def gather(
     ledger: Ledger,
     reader: TreeReader,
@@ -359,9 +391,7 @@ def gather(
     latest = reader.latest(tenant)
     wanted = sorted(set(seqs))
     inside = [seq for seq in wanted if seq < latest.size]
-    records: list[dict[str, Any]] = []
-    for start in range(0, len(inside), 1000):
-        records += ledger.records_at(tenant, inside[start : start + 1000])
+    records = _read(ledger, tenant, inside)
     proofs = list(reader.inclusions(tenant, inside, latest.size))
     for record, proof in zip(records, proofs, strict=True):
         if leaf_hash(record_leaf(record)) != proof.leaf_hash:
