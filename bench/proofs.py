@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
 
             say(f"3. proofs, {args.proofs} of each kind, tree of {size:,}")
-            reader = TreeReader(log.store)
+            reader = TreeReader(log.store, log.tile_cache)
             seqs = [rng.randrange(size) for _ in range(args.proofs)]
             olds = [rng.randrange(1, size) for _ in range(args.proofs)]
             inclusion = timed([lambda s=s: reader.inclusion(TENANT, s) for s in seqs])
