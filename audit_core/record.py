@@ -71,14 +71,9 @@ def flat_values(record: dict[str, Any]) -> list[Any]:
 
 
 def client_content(
-    *,
     event_id: str,
     occurred_at: str,
-    actor_id: str,
-    actor_type: str,
-    actor_ip: str | None,
-    user_agent: str | None,
-    session_id: str | None,
+    actor: tuple[str, str, str | None, str | None, str | None],
     action: str,
     target: tuple[str, str, str | None] | None,
     outcome: str,
@@ -86,18 +81,21 @@ def client_content(
     request_id: str | None,
     metadata: dict[str, Any],
     changes: dict[str, Any],
+    /,
 ) -> dict[str, Any]:
     """A record's normalised content: every client field present, null where absent,
-    so that every stored record has one shape. ``target`` is (type, id, name)."""
+    so that every stored record has one shape. ``actor`` is (id, type, ip, user agent,
+    session id) and ``target`` (type, id, name), in ``ACTOR_PARTS`` and ``TARGET_PARTS``
+    order. Positional, on the ingest path: keywords cost twice the time of the dict."""
     return {
         "id": event_id,
         "occurred_at": occurred_at,
         "actor": {
-            "id": actor_id,
-            "type": actor_type,
-            "ip": actor_ip,
-            "user_agent": user_agent,
-            "session_id": session_id,
+            "id": actor[0],
+            "type": actor[1],
+            "ip": actor[2],
+            "user_agent": actor[3],
+            "session_id": actor[4],
         },
         "action": action,
         "target": None

@@ -321,20 +321,22 @@ def normalise(
     actor = event["actor"]
     target = event.get("target")
     content = client_content(
-        event_id=event.get("id") or str(uuid.uuid4()),
-        occurred_at=event["occurred_at"],
-        actor_id=actor["id"],
-        actor_type=actor.get("type", "user"),
-        actor_ip=actor.get("ip"),
-        user_agent=actor.get("user_agent"),
-        session_id=actor.get("session_id"),
-        action=event["action"],
-        target=None if target is None else (target["type"], target["id"], target.get("name")),
-        outcome=event["outcome"],
-        source=event["source"],
-        request_id=event.get("request_id"),
-        metadata=event.get("metadata", {}),
-        changes=event.get("changes", {}),
+        event.get("id") or str(uuid.uuid4()),
+        event["occurred_at"],
+        (
+            actor["id"],
+            actor.get("type", "user"),
+            actor.get("ip"),
+            actor.get("user_agent"),
+            actor.get("session_id"),
+        ),
+        event["action"],
+        None if target is None else (target["type"], target["id"], target.get("name")),
+        event["outcome"],
+        event["source"],
+        event.get("request_id"),
+        event.get("metadata", {}),
+        event.get("changes", {}),
     )
     return content, _checked(content, event.get("tenant"), index, tenant, now, limits)
 
@@ -551,22 +553,24 @@ def _content_of_decoded(event: _Event) -> dict[str, Any]:
         raise ValueError("a field does not match its pattern")
     user_agent, session_id, request_id = actor.user_agent, actor.session_id, event.request_id
     return client_content(
-        event_id=event_id or str(uuid.uuid4()),  # UNSET is false
-        occurred_at=event.occurred_at,
-        actor_id=actor.id,
-        actor_type=actor_type,
-        actor_ip=None if actor.ip is _UNSET else _canonical_ip(actor.ip),
-        user_agent=None if user_agent is _UNSET else user_agent,
-        session_id=None if session_id is _UNSET else session_id,
-        action=event.action,
-        target=None
+        event_id or str(uuid.uuid4()),  # UNSET is false
+        event.occurred_at,
+        (
+            actor.id,
+            actor_type,
+            None if actor.ip is _UNSET else _canonical_ip(actor.ip),
+            None if user_agent is _UNSET else user_agent,
+            None if session_id is _UNSET else session_id,
+        ),
+        event.action,
+        None
         if target is None or target is _UNSET
         else (target.type, target.id, None if target.name is _UNSET else target.name),
-        outcome=event.outcome,
-        source=event.source,
-        request_id=None if request_id is _UNSET else request_id,
-        metadata={} if event.metadata is _UNSET else event.metadata,
-        changes={} if event.changes is _UNSET else event.changes,
+        event.outcome,
+        event.source,
+        None if request_id is _UNSET else request_id,
+        {} if event.metadata is _UNSET else event.metadata,
+        {} if event.changes is _UNSET else event.changes,
     )
 
 
