@@ -10,7 +10,6 @@ from typing import Annotated
 import orjson
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from api.archive import bucket_settings, log_keys
 from api.cli import _progress, err, fail, load_settings, open_ledger, out
@@ -86,19 +85,6 @@ def init(
         out.print(f"bucket {config.bucket} is ready: versioning, {lock}, {config.encryption}")
 
 
-def _verify_progress() -> Progress:
-    # The archive's size is unknown until its digests are read: count records, no bar end.
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed} records"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
-
-
 BucketOption = Annotated[
     str | None,
     typer.Option("--bucket", help="The archive's bucket (default: VIGIL_ARCHIVE_BUCKET)."),
@@ -141,8 +127,9 @@ def verify(
                 2,
             )
         verifier = ArchiveVerifier(ArchiveBucket(config), keys)
-        with _verify_progress() as progress:
-            task = progress.add_task(f"verifying {_where(config)}", total=None)
+        names = tenant or verifier.tenants()
+        with _progress() as progress:
+            task = progress.add_task(f"verifying {_where(config)}", total=verifier.planned(names))
 
             def advance(count: int) -> None:
                 progress.advance(task, count)
@@ -151,7 +138,7 @@ def verify(
                 with open_ledger(settings) as ledger:
                     reports = verifier.verify(tenant, ledger, advance)
             else:
-                reports = verifier.verify(tenant, None, advance)
+                reports = verifier.verify(names, None, advance)
     if not reports:
         fail(f"no tenant archive under {_where(config)}", 3)
     for report in reports:
@@ -195,8 +182,9 @@ def restore(
             fail("no key to check signatures with: give --key or set VIGIL_SIGNING_KEY_FILE", 2)
         restorer = Restorer(ArchiveBucket(config), keys)
         with open_ledger(settings) as ledger, _progress() as progress:
-            checking = progress.add_task("verifying the archive", total=None)
-            writing = progress.add_task("restoring", total=None)
+            total = restorer.verifier.planned(tenant or restorer.verifier.tenants())
+            checking = progress.add_task("verifying the archive", total=total)
+            writing = progress.add_task("restoring", total=total)
             reports = restorer.restore(
                 ledger,
                 tenant,
