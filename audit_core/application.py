@@ -545,7 +545,13 @@ class Ledger(Application[UUID]):
         if seq is None:
             self.require_log(tenant)
             raise EventNotFoundError(tenant, f"with id {event_id!r}")
-        return self.get_seq(tenant, seq)
+        record = self.get_seq(tenant, seq)
+        if record.get("id") != event_id:
+            # No hash covers the id index: the record's own (hashed) id has the last word.
+            raise DamagedLogError(
+                tenant, f"its id index points id {event_id!r} at seq {seq}, which holds another"
+            )
+        return record
 
     def get_seq(self, tenant: str, seq: int) -> Record:
         check_tenant(tenant)

@@ -211,3 +211,14 @@ def test_rows_of_a_log_that_no_row_names_are_a_finding(store: Store) -> None:
     assert problem.reason is Reason.UNNAMED_LOG
     assert str(stray) in problem.detail
     assert ledger.tenants() == ["acme", "globex"]
+
+
+def test_a_read_by_id_that_the_id_index_points_elsewhere_is_refused(store: Store) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    store._run(
+        f"UPDATE {store.ids_table} SET seq = 4 WHERE originator_id = ? AND seq = 1",
+        (store._log_key("acme"),),
+    )
+    with pytest.raises(DamagedLogError, match="points id 'a-1' at seq 4"):
+        ledger.get("acme", "a-1")
