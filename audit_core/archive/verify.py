@@ -21,14 +21,17 @@ digest covers), a *missing* or *invalid* digest, a *replaced* object (a newer ve
 or a delete marker was put over the archived version, which is still there and is what
 verify and restore read), and, with a ledger, records the ledger
 holds that the archive lacks (``unarchived``: normal for the newest records, within a
-segment interval) or that differ between the two (``mismatch``).
+segment interval; ``not_archived`` once the oldest of them was received longer ago than
+the grace given) or that differ between the two (``mismatch``).
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from audit_core.application import Ledger
@@ -57,6 +60,7 @@ class Kind(enum.StrEnum):
     MISSING_DIGEST = "missing_digest"
     INVALID_DIGEST = "invalid_digest"
     REPLACED = "replaced"
+    NOT_ARCHIVED = "not_archived"
     UNARCHIVED = "unarchived"
     MISMATCH = "mismatch"
 
@@ -138,9 +142,12 @@ class _Walk:
 
 
 class ArchiveVerifier:
-    def __init__(self, bucket: ArchiveBucket, keys: LogKeys):
+    def __init__(self, bucket: ArchiveBucket, keys: LogKeys, grace_seconds: float | None = None):
+        """``grace_seconds``: how long a ledger record may wait to be archived before
+        its absence fails verification (None: never, it is only noted)."""
         self.bucket = bucket
         self.keys = keys
+        self.grace_seconds = grace_seconds
         self.prefix = bucket.settings.prefix
         self._consume: Consumer | None = None
         self._versions: dict[str, list[Version]] = {}
@@ -539,14 +546,32 @@ class ArchiveVerifier:
 
     def _compare_size(self, report: TenantArchiveReport, ledger: Ledger) -> None:
         size = ledger.size(report.tenant)
-        if size > report.next_seq:
+        if size <= report.next_seq:
+            return
+        first = ledger.read(report.tenant, from_seq=report.next_seq, limit=1)
+        received = first[0]["received_at"] if first else None
+        age = time.time() - _epoch(received) if received else 0.0
+        if self.grace_seconds is not None and age > self.grace_seconds:
             report.add(
-                Kind.UNARCHIVED,
+                Kind.NOT_ARCHIVED,
                 report.next_seq,
                 size - 1,
                 None,
-                "in the ledger, not (yet) in the archive: the newest wait for their segment",
+                f"in the ledger, not in the archive, the oldest received {age:.0f} s ago: "
+                "the archiver is stopped or far behind, or archived objects were removed",
             )
+            return
+        report.add(
+            Kind.UNARCHIVED,
+            report.next_seq,
+            size - 1,
+            None,
+            "in the ledger, not (yet) in the archive: the newest wait for their segment",
+        )
+
+
+def _epoch(received_at: str) -> float:
+    return datetime.fromisoformat(received_at.replace("Z", "+00:00")).timestamp()
 
 
 def _ledger_hashes(ledger: Ledger, tenant: str, first: int, count: int) -> list[str]:

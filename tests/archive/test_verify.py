@@ -131,3 +131,20 @@ def test_unarchived_records_alone_do_not_fail_verification(archived: Archived) -
     report = ArchiveVerifier(archived.bucket, archived.keys).verify_tenant("acme", archived.ledger)
     assert report.ok
     assert [(f.kind, f.first_seq) for f in report.findings] == [(Kind.UNARCHIVED, 35)]
+
+
+def test_records_left_unarchived_past_the_grace_fail_verification(
+    archived: Archived,
+) -> None:
+    record(archived.ledger, "acme", 3, prefix="late")
+    record(archived.ledger, "globex", 2)
+    verifier = ArchiveVerifier(archived.bucket, archived.keys, grace_seconds=0)
+
+    reports = {r.tenant: r for r in verifier.verify(ledger=archived.ledger)}
+
+    assert [(f.kind, f.first_seq, f.last_seq) for f in reports["acme"].findings] == [
+        (Kind.NOT_ARCHIVED, 35, 37)
+    ]
+    assert [(f.kind, f.first_seq) for f in reports["globex"].findings] == [(Kind.NOT_ARCHIVED, 0)]
+    assert not reports["acme"].ok
+    assert not reports["globex"].ok
