@@ -211,8 +211,10 @@ class Workers:
         try:
             self.receiver.wait_until(lambda: len(self.receiver.by_event_id()) >= count, timeout)
         except AssertionError as error:
-            said = self.log_path.read_text()[-3000:]
-            raise AssertionError(f"{error}; the workers said:\n{said}") from None
+            raise AssertionError(f"{error}; the workers said:\n{self.said()}") from None
+
+    def said(self) -> str:
+        return self.log_path.read_text()[-3000:]
 
     def __enter__(self) -> Workers:
         return self
@@ -264,9 +266,10 @@ def test_one_shipper_leads_and_a_standby_takes_over_when_it_dies(
             second = ledger.record("acme", audit_events(100, prefix="second"))
             workers.wait_for_events(200)
             head = ledger.recorder.max_notification_id()
-            receiver.wait_until(lambda: positions.max_tracking_id("graylog:main") == head)
+            receiver.wait_until(lambda: positions.max_tracking_id("graylog:main") == head, 120)
             # Two processes ran, one shipped: nothing came twice.
-            assert all(len(copies) == 1 for copies in receiver.by_event_id().values())
+            twice = [event for event, copies in receiver.by_event_id().items() if len(copies) > 1]
+            assert not twice, f"sent twice: {twice}; the workers said: {workers.said()}"
             leader.send_signal(signal.SIGKILL)
             third = ledger.record("acme", audit_events(100, prefix="third"))
             workers.wait_for_events(300)
