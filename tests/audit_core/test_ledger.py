@@ -99,14 +99,16 @@ def test_a_log_longer_than_the_snapshot_interval_reads_back_and_verifies(store: 
 
 
 SAFE = 2**53 - 1
+STORABLE = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
+"""Any character PostgreSQL stores: not a lone surrogate, not NUL (both refused by name)."""
 json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(-SAFE, SAFE)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(exclude_categories=["Cs"]), max_size=10)
+    | st.text(STORABLE, max_size=10)
 )
-json_keys = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)
+json_keys = st.text(STORABLE, max_size=6)
 bounded_json_objects = st.dictionaries(
     json_keys,
     st.recursive(
