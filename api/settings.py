@@ -283,7 +283,10 @@ class Settings(BaseSettings):
     def _graylog_destinations(cls, value: SecretStr) -> SecretStr:
         from audit_core.graylog import parse_destinations
 
-        parse_destinations(value.get_secret_value())  # a ValueError names what to fix
+        try:
+            parse_destinations(value.get_secret_value())
+        except ValueError as error:  # reported under the variable's name already
+            raise ValueError(str(error).removeprefix("VIGIL_GRAYLOG_DESTINATIONS, ")) from None
         return value
 
     @field_validator("graylog_hmac_fields")
