@@ -283,6 +283,22 @@ def test_https_verifies_graylog_and_reports_a_refused_connection(
         receiver.stop()
 
 
+def test_https_checks_the_name_given_as_server_name(
+    connect: Connect, tls: Tls, records: list[dict[str, Any]]
+) -> None:
+    receiver = HttpReceiver(tls=tls.server_context()).start()
+    try:
+        url = f"https://127.0.0.1:{receiver.port}/gelf"
+        right = connect(url, ca_file=str(tls.ca_file), server_name="graylog.test")
+        right.send(packed(records[:1]))
+        assert_all_arrived(receiver.wait_for(1), records[:1])
+        wrong = connect(url, ca_file=str(tls.ca_file), server_name="elsewhere.test")
+        with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+            wrong.send(packed(records[:1]))
+    finally:
+        receiver.stop()
+
+
 # -- UDP -----------------------------------------------------------------------------
 
 
