@@ -170,6 +170,7 @@ def test_s3_out_of_reach_is_exit_5(vigil: Operator) -> None:
     result = vigil("archive", "init", VIGIL_ARCHIVE_ENDPOINT_URL="http://127.0.0.1:9")
     assert result.exit_code == 5
     assert "S3 (http://127.0.0.1:9" in result.output
+    assert "archiver-secret" not in result.output
 
 
 def test_an_auditor_verifies_with_the_published_verifier_key_alone(
