@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from api.settings import Settings
 from audit_core import Ledger
@@ -71,7 +72,7 @@ def main(endpoint: str, bucket_name: str, key_file: str, mode: str) -> None:
         store.positions,
         segment_records=10,
         segment_seconds=3600,
-        clock=lambda: now[0] or __import__("time").time(),
+        clock=lambda: now[0] or time.time(),
     )
     what, _, count = mode.partition(":")
     if what == "before-digest":
