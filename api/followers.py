@@ -80,20 +80,42 @@ class UnknownFollowerError(ValueError):
         )
 
 
+def _named_by(spec: FollowerSpec, names: list[str]) -> bool:
+    return any(name == spec.name or name.startswith(f"{spec.name}:") for name in names)
+
+
 def build_followers(
     settings: Settings, ledger: Ledger, store: FollowerStore, only: list[str] | None = None
 ) -> list[Follower]:
-    """The followers the settings enable, or those of them named in ``only``."""
-    followers = [follower for spec in REGISTRY for follower in spec.build(settings, ledger, store)]
+    """The followers the settings enable, or those of them named in ``only`` (only their
+    consumers are built, so another consumer's configuration cannot stand in the way)."""
+    specs = [spec for spec in REGISTRY if not only or _named_by(spec, only)]
+    followers = [follower for spec in specs for follower in spec.build(settings, ledger, store)]
     if only:
         known = [follower.name for follower in followers]
-        for name in only:
-            if name not in known:
-                for follower in followers:
-                    follower.close()
-                raise UnknownFollowerError(name, known)
+        missing = [name for name in only if name not in known]
+        if missing:
+            for follower in followers:
+                follower.close()
+            everything = [
+                f.name for spec in REGISTRY for f in _built(spec, settings, ledger, store)
+            ]
+            raise UnknownFollowerError(missing[0], everything)
         for follower in followers:
             if follower.name not in only:
                 follower.close()
         followers = [follower for follower in followers if follower.name in only]
+    return followers
+
+
+def _built(
+    spec: FollowerSpec, settings: Settings, ledger: Ledger, store: FollowerStore
+) -> list[Follower]:
+    """A consumer's followers, closed at once: only their names are wanted."""
+    try:
+        followers = spec.build(settings, ledger, store)
+    except Exception:
+        return []
+    for follower in followers:
+        follower.close()
     return followers
