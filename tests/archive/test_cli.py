@@ -183,11 +183,14 @@ def test_an_auditor_verifies_with_the_published_verifier_key_alone(
     vkey.write_text(signer.verifier.vkey + "\n", encoding="utf-8")
 
     # The auditor's configuration: S3 access, no archive to run, no signing key.
-    auditor = {"VIGIL_ARCHIVE_BUCKET": "", "VIGIL_SIGNING_KEY_FILE": ""}
     where = ("--bucket", vigil.env["VIGIL_ARCHIVE_BUCKET"], "--prefix", "evidence")
-    trusted = vigil("archive", "verify", *where, "--key", str(vkey), **auditor)
+
+    def auditor(*args: str) -> Result:
+        return vigil(*args, VIGIL_ARCHIVE_BUCKET="", VIGIL_SIGNING_KEY_FILE="")
+
+    trusted = auditor("archive", "verify", *where, "--key", str(vkey))
     stranger = Signer.generate("someone-else").verifier.vkey
-    untrusted = vigil("archive", "verify", *where, "--key", stranger, **auditor)
+    untrusted = auditor("archive", "verify", *where, "--key", stranger)
 
     assert trusted.exit_code == 0, trusted.output
     assert "ok      acme: 1 segments, 12 records" in trusted.output
