@@ -2,8 +2,10 @@
 
 A view: the tiles a page changes, the trees' sizes and the position are written in one
 transaction. After each page and on every tick, a tenant whose tree has grown gets a
-signed checkpoint once ``every_records`` leaves have been added since its last one or
-``every_seconds`` have passed since the first of them, whichever comes first. Before
+signed checkpoint once ``every_records`` leaves have been added since its last one, or
+as soon as ``every_seconds`` have passed since this process last signed one for it,
+whichever comes first: at most one per interval under a steady load (plus one per
+``every_records``), and a commit after a quiet spell is signed at once. Before
 signing, the new tree is proved consistent, from the stored tiles, with the tenant's
 previous checkpoint: a tree that is not (stored tiles or records rewritten, a rebuild
 over an altered ledger) is refused and reported, never signed.
@@ -19,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from audit_core.canonical import GENESIS_HASH
@@ -43,9 +45,6 @@ class _Tree:
     head_hash: str
     signed_size: int | None = None
     signed_root: bytes | None = None
-    pending_since: float | None = None
-    """When the tree first grew past its latest checkpoint (monotonic clock)."""
-    touched: bool = field(default=False)
 
 
 class TransparencyLog(View):
@@ -74,6 +73,9 @@ class TransparencyLog(View):
         self.clock = clock
         self._trees: dict[str, _Tree] = {}
         self._scanned = False
+        self._signed_at: dict[str, float] = {}
+        """When this process last signed (or tried to sign) for each tenant (monotonic
+        clock): kept across reloads, which re-read only what storage holds."""
         # The runner's thread follows while a request may ask for a checkpoint now.
         self._lock = threading.RLock()
         self.refusals: dict[str, str] = {}
@@ -93,8 +95,6 @@ class TransparencyLog(View):
             latest = self.store.latest_checkpoint(tenant)
             if latest is not None:
                 tree.signed_size, tree.signed_root = latest.size, latest.root
-            if size > (tree.signed_size or 0):
-                tree.pending_since = self.clock()
         return tree
 
     def handle(self, page: Page) -> None:
@@ -146,10 +146,6 @@ class TransparencyLog(View):
             for tenant in touched:
                 self._trees.pop(tenant, None)
             raise
-        now = self.clock()
-        for tree in touched.values():
-            if tree.pending_since is None:
-                tree.pending_since = now
         self.sign_due()
 
     def reload(self) -> None:
@@ -195,12 +191,13 @@ class TransparencyLog(View):
             if tenant is not None and name != tenant:
                 continue
             grown = tree.grown.size - (tree.signed_size or 0)
-            if grown <= 0 or tree.pending_since is None:
+            if grown <= 0:
                 continue
             due = (
                 force
                 or grown >= self.every_records
-                or now - tree.pending_since >= self.every_seconds
+                or name not in self._signed_at
+                or now - self._signed_at[name] >= self.every_seconds
             )
             if due:
                 checkpoint = self._sign(name, tree)
@@ -210,12 +207,12 @@ class TransparencyLog(View):
 
     def _sign(self, tenant: str, tree: _Tree) -> StoredCheckpoint | None:
         assert self.signer is not None
+        self._signed_at[tenant] = self.clock()
         size, root = tree.grown.size, tree.grown.root()
         latest = self.store.latest_checkpoint(tenant)
         if latest is not None and latest.size >= size:
             # Another process signed meanwhile (or the tree shrank: verify reports it).
             tree.signed_size, tree.signed_root = latest.size, latest.root
-            tree.pending_since = None if latest.size == size else tree.pending_since
             return None
         if latest is not None:
             hashes = TileHashes(lambda keys: self.store.read_tiles(tenant, keys))
@@ -234,7 +231,7 @@ class TransparencyLog(View):
             datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
         self.store.add_checkpoint(stored)
-        tree.signed_size, tree.signed_root, tree.pending_since = size, root, None
+        tree.signed_size, tree.signed_root = size, root
         self.refusals.pop(tenant, None)
         return stored
 

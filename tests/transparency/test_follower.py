@@ -92,19 +92,23 @@ def test_a_checkpoint_is_signed_after_n_records_or_t_seconds(store: Store) -> No
     opened = OpenedLog(store, every_records=50, every_seconds=2.0, clock=lambda: now[0])
     try:
         opened.record("acme", 10)
+        opened.runner.drain()  # the first commit after a quiet spell: signed at once
+        assert [c.size for c in opened.trees.checkpoints("acme")] == [10]
+        now[0] = 1.0
+        opened.record("acme", 5, prefix="soon")
         opened.runner.drain()
-        assert opened.trees.latest_checkpoint("acme") is None
         now[0] = 1.9
         opened.log.tick()
-        assert opened.trees.latest_checkpoint("acme") is None
-        now[0] = 2.0
-        opened.log.tick()
         assert [c.size for c in opened.trees.checkpoints("acme")] == [10]
+        now[0] = 2.0  # T seconds after the last checkpoint
+        opened.log.tick()
+        assert [c.size for c in opened.trees.checkpoints("acme")] == [10, 15]
+        now[0] = 2.5
         opened.record("acme", 60, prefix="burst")
         opened.runner.drain()  # 50 records since the last: signed without waiting
-        assert opened.trees.checkpoints("acme")[-1].size == 70
+        assert [c.size for c in opened.trees.checkpoints("acme")] == [10, 15, 75]
         opened.log.tick()
-        assert [c.size for c in opened.trees.checkpoints("acme")] == [10, 70]
+        assert [c.size for c in opened.trees.checkpoints("acme")] == [10, 15, 75]
     finally:
         opened.close()
 
