@@ -249,3 +249,24 @@ def test_earlier_verifier_keys_stay_published_after_a_rotation(
         signer.verifier.named(f"{ORIGIN}/acme").vkey,
         old.verifier.named(f"{ORIGIN}/acme").vkey,
     ]
+
+
+def test_a_bundle_of_a_query_holds_exactly_the_matching_records(
+    tlog_api: Api, signer: Signer
+) -> None:
+    ingest = tlog_api.headers("acme", "ingest")
+    events = [
+        {**event, "action": "user.login" if index % 3 == 0 else "user.logout"}
+        for index, event in enumerate(audit_events(12, prefix="q"))
+    ]
+    assert tlog_api.client.post("/v1/events", json=events, headers=ingest).status_code == 201
+    headers = tlog_api.headers("acme", "auditor")
+    signed_up_to(tlog_api, "acme", headers)
+    response = tlog_api.client.get(
+        "/v1/transparency/evidence", params={"action": "user.login"}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    report = verify_bundle(io.BytesIO(response.content), [signer.verifier])
+    assert (report.count, report.first_seq, report.last_seq) == (4, 0, 9)
+    assert not report.contiguous
+    assert report.selection["query"]["action"] == "user.login"
