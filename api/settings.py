@@ -44,24 +44,48 @@ class Settings(BaseSettings):
         description="Base64 of 32 random bytes: stored events are then encrypted with "
         "AES-256-GCM. Make one with `vigil new-encryption-key`.",
     )
-    postgres_pool_size: int = Field(default=5, ge=1, le=100)
-    postgres_lock_timeout_seconds: int = Field(default=10, ge=0)
-    postgres_connect_timeout_seconds: int = Field(default=5, ge=1)
-    max_event_bytes: int = Field(default=32 * 1024, ge=1024)
-    max_metadata_bytes: int = Field(default=16 * 1024, ge=256)
-    max_metadata_depth: int = Field(default=8, ge=1, le=64)
-    max_batch_events: int = Field(default=1000, ge=1, le=10_000)
-    max_future_skew_seconds: int = Field(default=300, ge=0)
+    postgres_pool_size: int = Field(
+        description="PostgreSQL connections each store keeps open per process (up to 10 "
+        "more are opened under load).",
+        default=5,
+        ge=1,
+        le=100,
+    )
+    postgres_lock_timeout_seconds: int = Field(
+        description="How long a writer waits for the table lock that keeps notification order.",
+        default=10,
+        ge=0,
+    )
+    postgres_connect_timeout_seconds: int = Field(
+        description="How long to wait for a PostgreSQL connection.", default=5, ge=1
+    )
+    max_event_bytes: int = Field(description="Largest event, as JSON.", default=32 * 1024, ge=1024)
+    max_metadata_bytes: int = Field(
+        description="Largest metadata (and changes) of an event, as JSON.",
+        default=16 * 1024,
+        ge=256,
+    )
+    max_metadata_depth: int = Field(
+        description="Deepest nesting in metadata and changes.", default=8, ge=1, le=64
+    )
+    max_batch_events: int = Field(
+        description="Most events in one batch.", default=1000, ge=1, le=10_000
+    )
+    max_future_skew_seconds: int = Field(
+        description="How far occurred_at may be ahead of the server clock.", default=300, ge=0
+    )
     # -- HTTP API (issue 3) -------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address `vigil serve` listens on.")
-    port: int = Field(default=8000, ge=0, le=65535)
+    port: int = Field(description="Port `vigil serve` listens on.", default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes.")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
         ge=1024,
         description="Largest request body accepted; larger ones get 413 before parsing.",
     )
-    max_page_size: int = Field(default=1000, ge=1, le=10_000)
+    max_page_size: int = Field(
+        description="Most records in one query page.", default=1000, ge=1, le=10_000
+    )
     group_commit_max_events: int = Field(
         default=2000,
         ge=1,
@@ -125,8 +149,13 @@ class Settings(BaseSettings):
         "X-Forwarded-For and X-Forwarded-Proto are believed; empty: nobody's, and the "
         "peer's address is the client's (the one a key's network allowlist checks).",
     )
-    log_level: str = Field(default="info")
-    readyz_timeout_seconds: float = Field(default=2.0, gt=0)
+    log_level: str = Field(
+        description="debug, info, warning or error; JSON lines on stderr with the request id.",
+        default="info",
+    )
+    readyz_timeout_seconds: float = Field(
+        description="How long /readyz waits for the database.", default=2.0, gt=0
+    )
     write_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -162,7 +191,12 @@ class Settings(BaseSettings):
         description="Comma-separated CIDRs that automated steps may reach although "
         "loopback, private or link-local; empty: none.",
     )
-    incident_http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    incident_http_timeout_seconds: float = Field(
+        description="Timeout of a runbook's automated HTTP step (and its token request).",
+        default=10.0,
+        gt=0,
+        le=120,
+    )
     incident_tick_seconds: float = Field(
         default=5.0, gt=0, description="How often `vigil worker` looks for due escalations."
     )
@@ -185,33 +219,60 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key signing webhook notifications."
     )
-    webhook_retries: int = Field(default=3, ge=0, le=10)
-    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    webhook_retries: int = Field(
+        description="Tries of a notification webhook before it is recorded as failed.",
+        default=3,
+        ge=0,
+        le=10,
+    )
+    webhook_timeout_seconds: float = Field(
+        description="Timeout of one webhook delivery.", default=5.0, gt=0, le=60
+    )
     smtp_host: str = Field(default="", description="SMTP server for e-mail; empty: none.")
-    smtp_port: int = Field(default=587, ge=1, le=65535)
-    smtp_username: str = Field(default="")
-    smtp_password: SecretStr | None = Field(default=None)
+    smtp_port: int = Field(description="SMTP server port (STARTTLS).", default=587, ge=1, le=65535)
+    smtp_username: str = Field(description="SMTP login; empty: no login.", default="")
+    smtp_password: SecretStr | None = Field(description="SMTP password (a secret).", default=None)
     smtp_starttls: bool = Field(default=True, description="Upgrade with STARTTLS (required).")
-    smtp_from: str = Field(default="vigil@localhost")
-    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    smtp_from: str = Field(
+        description="Sender address of notification e-mail.", default="vigil@localhost"
+    )
+    smtp_timeout_seconds: float = Field(
+        description="Timeout of one SMTP conversation.", default=10.0, gt=0, le=120
+    )
     # -- S3 archive (issue 13); docs/archive.md ----------------------------------------
     archive_bucket: str = Field(default="", description="S3 bucket; empty: no archive.")
     archive_prefix: str = Field(default="vigil", description="Key prefix in the bucket.")
     archive_endpoint_url: str | None = Field(
         default=None, description="S3 endpoint (MinIO, Ceph...); unset: AWS."
     )
-    archive_region: str | None = Field(default=None)
+    archive_region: str | None = Field(
+        description="S3 region; unset: boto3's default.", default=None
+    )
     archive_access_key_id: str | None = Field(
         default=None, description="Unset: boto3's credential chain (env, profile, role)."
     )
-    archive_secret_access_key: SecretStr | None = Field(default=None)
+    archive_secret_access_key: SecretStr | None = Field(
+        description="S3 secret key, with VIGIL_ARCHIVE_ACCESS_KEY_ID (a secret).", default=None
+    )
     archive_profile: str | None = Field(default=None, description="AWS shared-config profile.")
-    archive_lock_mode: Literal["COMPLIANCE", "GOVERNANCE", "OFF"] = Field(default="COMPLIANCE")
-    archive_retention_days: int = Field(default=365, ge=1, le=36_500)
-    archive_legal_hold: bool = Field(default=False)
-    archive_encryption: Literal["AES256", "aws:kms"] = Field(default="AES256")
-    archive_kms_key_id: str | None = Field(default=None)
-    archive_segment_records: int = Field(default=10_000, ge=1, le=1_000_000)
+    archive_lock_mode: Literal["COMPLIANCE", "GOVERNANCE", "OFF"] = Field(
+        description="Object Lock mode of archived objects: COMPLIANCE, GOVERNANCE or OFF.",
+        default="COMPLIANCE",
+    )
+    archive_retention_days: int = Field(
+        description="How long Object Lock keeps each archived object.", default=365, ge=1, le=36_500
+    )
+    archive_legal_hold: bool = Field(
+        description="Also put a legal hold on every archived object.", default=False
+    )
+    archive_encryption: Literal["AES256", "aws:kms"] = Field(
+        description="Server-side encryption: AES256 (SSE-S3) or aws:kms (SSE-KMS).",
+        default="AES256",
+    )
+    archive_kms_key_id: str | None = Field(description="KMS key of SSE-KMS.", default=None)
+    archive_segment_records: int = Field(
+        description="Records per archive segment, at most.", default=10_000, ge=1, le=1_000_000
+    )
     archive_segment_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -224,7 +285,9 @@ class Settings(BaseSettings):
         description="Digests name the transparency log's checkpoints (waiting for one "
         "that covers the segment), or checkpoints the archiver signs itself.",
     )
-    archive_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    archive_timeout_seconds: float = Field(
+        description="Timeout of one S3 request.", default=10.0, gt=0, le=300
+    )
     # -- transparency log (issue 11); docs/transparency.md -------------------------------
     log_origin: str = Field(
         default="vigil.localhost/log",
@@ -242,7 +305,13 @@ class Settings(BaseSettings):
         description="Earlier verifier keys (vkey format, comma-separated) still published "
         "and trusted after a key rotation, so older checkpoints keep verifying.",
     )
-    checkpoint_every_records: int = Field(default=10_000, ge=1, le=10_000_000)
+    checkpoint_every_records: int = Field(
+        description="A grown tree gets a signed checkpoint once this many records are not "
+        "yet covered.",
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+    )
     checkpoint_every_seconds: float = Field(
         default=0.5,
         gt=0,

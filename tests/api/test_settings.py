@@ -165,3 +165,10 @@ def test_vigil_config_prints_the_settings_in_effect_with_secrets_masked() -> Non
     assert "VIGIL_ENCRYPTION_KEY=***" in result.stdout
     assert "hunter2" not in result.stdout
     assert key not in result.stdout
+
+
+def test_every_setting_says_what_it_means() -> None:
+    from api.settings import Settings
+
+    undocumented = [name for name, field in Settings.model_fields.items() if not field.description]
+    assert undocumented == [], "describe them: docs/configuration.md is made from the descriptions"
