@@ -407,7 +407,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 started = time.perf_counter()
                 while True:
                     _, body = asyncio.run(_get(host, port, token, "/readyz"))
-                    lag = orjson.loads(body).get("readmodel_lag", 1)
+                    # Each follower's lag (also in a 503, while one lags past the limit).
+                    followers = orjson.loads(body).get("followers", {})
+                    lag = followers.get("readmodel", {}).get("lag_events", 1)
                     if lag == 0:
                         break
                     time.sleep(0.5)
