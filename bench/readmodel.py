@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import ipaddress
 import os
 import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,15 @@ from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
     postgres_pids,
 )
 
+from audit_core.followers import open_store
 from audit_core.readmodel import (
     TABLE,
     BlindIndex,
     PostgresTrailView,
     Row,
     TrailQuery,
-    close_view,
-    open_view,
     to_row,
+    trail_view_class,
 )
 from audit_core.readmodel.rows import _COLUMNS
 
@@ -124,28 +125,37 @@ def measure(
     )
 
 
+@contextlib.contextmanager
+def opened_view(env: dict[str, str]) -> Iterator[PostgresTrailView]:
+    """The read model's tables, created if need be, on a follower store of their own."""
+    store = open_store(env)
+    try:
+        view = store.view_recorder(trail_view_class(env))
+        assert isinstance(view, PostgresTrailView)
+        yield view
+    finally:
+        store.close()
+
+
 def vigil(url: str, schema: str, rows: Sequence[Row], *, key: str | None = None) -> str:
     # One connection, so the backend that writes is known.
     env = {**ledger_env(url, schema), "POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "0"}
     if key:
         env["CIPHER_KEY"] = key
-    view = open_view(env)
-    assert isinstance(view, PostgresTrailView)
-    try:
+    with opened_view(env) as view:
         with view.datastore.get_connection() as conn:
             backend = conn.info.backend_pid
         return measure(
             rows, lambda page, position: view.project(page, Tracking("bench", position)), backend
         )
-    finally:
-        close_view(view)
 
 
 def baseline(url: str, schema: str, rows: Sequence[Row]) -> str:
     """Vigil as it was before the investigation filters: no address, session or
     request in the rows, and none of their indexes."""
     env = ledger_env(url, schema)
-    close_view(open_view(env))
+    with opened_view(env):  # creates the read model's tables
+        pass
     with connect(env) as conn:
         for name in ("ip", "session", "request"):
             conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, f"{TABLE}_{name}")))
@@ -161,7 +171,6 @@ def query_times(url: str, schema: str, sample: dict[str, Any], repeats: int = 30
     env = ledger_env(url, schema)
     with connect(env) as conn:
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, TABLE)))
-    view = open_view(env)
     shapes: list[tuple[str, dict[str, str]]] = [
         ("actor (baseline)", {"actor_id": "u-1012"}),
         ("address", {"actor_ip": sample["actor"]["ip"]}),
@@ -173,7 +182,7 @@ def query_times(url: str, schema: str, sample: dict[str, Any], repeats: int = 30
         ("request", {"request_id": sample["request_id"]}),
     ]
     lines = []
-    try:
+    with opened_view(env) as view:
         for name, filters in shapes:
             query = TrailQuery(tenant=TENANT, limit=50, **filters)  # type: ignore[arg-type]
             times = []
@@ -183,8 +192,6 @@ def query_times(url: str, schema: str, sample: dict[str, Any], repeats: int = 30
                 times.append(time.perf_counter() - started)
             median = statistics.median(times) * 1000
             lines.append(f"  {name:<24} {median:7.2f} ms median ({len(found)} found)")
-    finally:
-        close_view(view)
     return lines
 
 
@@ -192,7 +199,8 @@ def plain_copy(url: str, schema: str, rows: Sequence[Row], *, trigram_rows: bool
     """COPY into a copy of Vigil's table: with only its primary key (the floor), or
     with all its indexes and a trigram index of every row's text."""
     env = ledger_env(url, schema)
-    close_view(open_view(env))  # creates Vigil's table, whose shape is copied, and pg_trgm
+    with opened_view(env):  # creates Vigil's table, whose shape is copied, and pg_trgm
+        pass
     with connect(env) as conn:
         table = sql.Identifier(schema, "bench_rows")
         source = sql.Identifier(schema, TABLE)

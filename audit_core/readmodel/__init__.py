@@ -6,7 +6,7 @@ encrypted there when the ledger is; the indexed identifiers and metadata words a
 then keyed hashes (``blind``).
 """
 
-from audit_core.followers import FollowerStore, open_store
+from audit_core.followers import FollowerStore
 from audit_core.readmodel.blind import BlindIndex
 from audit_core.readmodel.follower import ReadModel
 from audit_core.readmodel.query import (
@@ -37,24 +37,6 @@ def open_read_model(store: FollowerStore, env: dict[str, str]) -> ReadModel:
     return ReadModel(store.view_recorder(trail_view_class(env)))
 
 
-def open_view(env: dict[str, str]) -> TrailView:
-    """The read model's tables on their own connections (benchmarks, tools); close it
-    with :func:`close_view`."""
-    store = open_store(env)
-    view = store.view_recorder(trail_view_class(env))
-    _stores[id(view)] = store
-    return view
-
-
-def close_view(view: TrailView) -> None:
-    store = _stores.pop(id(view), None)
-    if store is not None:
-        store.close()
-
-
-_stores: dict[int, FollowerStore] = {}
-
-
 __all__ = [
     "KEYED_TABLE",
     "KEYED_TEXT_TABLE",
@@ -72,11 +54,9 @@ __all__ = [
     "TrailQuery",
     "TrailView",
     "address_filter",
-    "close_view",
     "decode_cursor",
     "encode_cursor",
     "open_read_model",
-    "open_view",
     "rows_of",
     "search_text",
     "tenant_key",
