@@ -61,7 +61,8 @@ from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
 from api.keys import KeyStore
 from api.settings import Settings
 from audit_core import Ledger, LedgerBusyError, Limits
-from audit_core.readmodel import TABLE, TEXT_TABLE, TrailQuery, close_view, open_view
+from audit_core.followers import open_store
+from audit_core.readmodel import TABLE, TEXT_TABLE, TrailQuery, trail_view_class
 
 TENANT = "acme-support"
 BATCH_TARGET = 20_000
@@ -448,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 http_lat: list[float] = []
                 direct_lat: list[float] = []
                 per_shape: list[str] = []
-                view = open_view(env)
+                store = open_store(env)
+                view = store.view_recorder(trail_view_class(env))
                 reader = Ledger(env, Limits())
                 try:
                     for name, params in shapes:
@@ -487,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     count_rows = view.count(TENANT)
                 finally:
                     reader.close()
-                    close_view(view)
+                    store.close()
             finally:
                 stop_server(server)
 
