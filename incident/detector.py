@@ -230,6 +230,24 @@ class Detector:
         # Attribute values (e-mail addresses, phone numbers) are remembered as keyed
         # digests: equality is all a value_claimed rule needs of them.
         self._secret = hashlib.blake2b(secret, digest_size=32, person=b"vigil-detect").digest()
+        # With the ledger encrypted (a secret given), the state must not hold what the
+        # records hold in clear: group keys and counted values are kept as keyed hashes
+        # too, under a key derived with a context of its own (not the value_claimed
+        # digests' key, nor the read model's), since equality is all the rules need.
+        self._blind_key = (
+            hashlib.blake2b(
+                b"detector state v1", key=secret[:64], digest_size=32, person=b"vigil-det-state"
+            ).digest()
+            if secret
+            else None
+        )
+        self.key_id = (
+            ""
+            if self._blind_key is None
+            else hashlib.blake2b(self._blind_key, digest_size=8, person=b"key id").hexdigest()
+        )
+        """Names the blinding key without revealing it; part of each rule's state
+        fingerprint, so that state written in clear (or under another key) is dropped."""
         ids = [rule.id for rule in self.rules]
         if len(set(ids)) != len(ids):
             raise ValueError("two rules share an id")
@@ -268,7 +286,8 @@ class Detector:
         """Drop the state of rules that are gone, or whose correlation changed since it
         was written (its shape would not fit): they start again from the next record.
         The deletions are written with the next page."""
-        current = {rule.id: _fingerprint(rule) for rule in self.rules}
+        suffix = f"+blind:{self.key_id}" if self.key_id else ""
+        current = {rule.id: _fingerprint(rule) + suffix for rule in self.rules}
         stale = {
             key[2].removeprefix("rule\x1f")
             for key, value in self.state.items()
@@ -399,7 +418,7 @@ class Detector:
         then pass each further match of the group straight on (to be attached) until
         the window passes without one."""
         values = [get_field(record, name) for name in correlation.group_by]
-        key: StateKey = (rule.id, record["tenant"], _group_key(values))
+        key: StateKey = (rule.id, record["tenant"], self._group_key(record["tenant"], values))
         moment = parse_time(record["occurred_at"])
         span = correlation.timespan
         group = self._get(key) or {"entries": [], "fired": None, "latest": moment}
@@ -417,7 +436,7 @@ class Detector:
             value = get_field(record, correlation.field or "")
             if value is None:
                 return None
-            value = _scalar_text(value)
+            value = self._blind(record["tenant"], "value", _scalar_text(value))
         # What is older than the window of both the newest record of the group and this
         # one can never count again; a burst of late records still counts among itself.
         horizon = min(latest, moment) - span
@@ -465,9 +484,14 @@ class Detector:
         raw = get_field(record, correlation.field or "")
         if raw is None:
             return None
-        value = _reduced(raw, correlation.network)
+        shown = _reduced(raw, correlation.network)
+        value = self._blind(record["tenant"], "value", shown)
         group_values = [get_field(record, name) for name in correlation.group_by]
-        key: StateKey = (rule.id, record["tenant"], _group_key(group_values))
+        key: StateKey = (
+            rule.id,
+            record["tenant"],
+            self._group_key(record["tenant"], group_values),
+        )
         moment = parse_time(record["occurred_at"])
         group = self._get(key)
         if group is None:
@@ -488,7 +512,7 @@ class Detector:
                     rule,
                     record,
                     [Evidence.of(record)],
-                    f"{correlation.field} {raw} ({value}) never seen before for {groups}",
+                    f"{correlation.field} {raw} ({shown}) never seen before for {groups}",
                 )
         else:
             first, last, flagged = seen
@@ -520,8 +544,8 @@ class Detector:
         owner_value = get_field(record, correlation.owner or "")
         if owner_value is None:
             return None
-        owner = _scalar_text(owner_value)
         tenant = record["tenant"]
+        owner = self._blind(tenant, "owner", _scalar_text(owner_value))
         detection = None
         for attribute, paths in correlation.values:
             found = None
@@ -540,17 +564,37 @@ class Detector:
                 holder = self._get((rule.id, tenant, f"value\x1f{attribute}\x1f{value}"))
             if selected and holder is not None and holder != owner:
                 if detection is None:
+                    # Blinded, the state knows the holder only by a digest: unnamed.
+                    held = f"another {correlation.owner}" if self._blind_key else holder
                     detection = self._detection(
                         rule,
                         record,
                         [Evidence.of(record)],
-                        f"{record['actor']['id']} set {attribute} of {owner} to a value "
-                        f"that belongs to {holder}",
+                        f"{record['actor']['id']} set {attribute} of "
+                        f"{_scalar_text(owner_value)} to a value that belongs to {held}",
                     )
                 continue
             if learns:
                 self._learn(rule.id, tenant, attribute, owner, value or None)
         return detection
+
+    def _blind(self, tenant: str, kind: str, text: str) -> str:
+        """``text`` as the state keeps it: itself, or its keyed hash when blinded (the
+        tenant and the kind hashed in, so equal values elsewhere give other digests)."""
+        if self._blind_key is None:
+            return text
+        hasher = hashlib.blake2b(key=self._blind_key, digest_size=16)
+        hasher.update(f"{kind}\x1f{tenant}\x1f{text}".encode())
+        return hasher.hexdigest()
+
+    def _group_key(self, tenant: str, values: Sequence[Any]) -> str:
+        """A group's key: its values joined, as one keyed hash when blinded."""
+        joined = _group_key(values)
+        if self._blind_key is None:
+            return joined
+        # One digest for the whole key, not one per part: a part's digest would repeat
+        # across groups and tell which groups share an actor.
+        return self._blind(tenant, "group", joined)
 
     def _digest(self, text: str) -> str:
         return hashlib.blake2b(text.encode(), key=self._secret, digest_size=16).hexdigest()
