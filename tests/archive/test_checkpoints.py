@@ -38,9 +38,10 @@ def test_segments_wait_for_and_then_name_the_transparency_checkpoint(
         )
         tree_runner = FollowerRunner(ledger, transparency, followers)
         archive_runner = FollowerRunner(ledger, archiver, followers)
-        record(ledger, "acme", 25)
-
-        tree_runner.drain()  # the tree is grown, but no checkpoint is signed yet
+        record(ledger, "acme", 1)
+        tree_runner.drain()  # the first record is checkpointed at once (no earlier one)
+        record(ledger, "acme", 24, prefix="more")
+        tree_runner.drain()  # the tree is grown, but the next checkpoint is not due yet
         archive_runner.drain()
         assert archived_objects(bucket, "acme")["segment"] == []
         assert archive_runner.status().lag_events == 25  # every record held back
