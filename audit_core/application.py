@@ -527,14 +527,14 @@ class Ledger(Application[UUID]):
         stored = self.recorder.select_events(
             tenant_log_id(tenant), gt=version_of(from_seq - 1), limit=limit
         )
-        return [self._to_record(s.state) for s in stored]
+        return [self.ledger_mapper.decode_record(s.state) for s in stored]
 
     def latest(self, tenant: str, limit: int = 20) -> list[Record]:
         """The last ``limit`` records of a tenant's log, oldest first; a tenant with no
         log is not found (an empty answer would read as an empty trail)."""
         self.require_log(tenant)
         stored = self.recorder.select_events(tenant_log_id(tenant), gt=0, desc=True, limit=limit)
-        return [self._to_record(s.state) for s in reversed(stored)]
+        return [self.ledger_mapper.decode_record(s.state) for s in reversed(stored)]
 
     def get(self, tenant: str, event_id: str) -> Record:
         """The record of a client event id."""
@@ -574,8 +574,5 @@ class Ledger(Application[UUID]):
         missing = sorted(seq for seq in seqs if version_of(seq) not in states)
         if missing:
             raise EventNotFoundError(tenant or str(log_id), f"at seq {missing[0]}")
-        return {version - 1: self._to_record(state) for version, state in states.items()}
-
-    def _to_record(self, state: bytes) -> Record:
-        decoded = self.ledger_mapper.decode_recorded(state)
-        return {**decoded["record"], "hash": decoded["hash"]}
+        decode = self.ledger_mapper.decode_record
+        return {version - 1: decode(state) for version, state in states.items()}

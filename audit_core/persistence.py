@@ -107,6 +107,11 @@ class LedgerMapper(Mapper[UUID]):
             ) from error
         return decoded
 
+    def decode_record(self, state: bytes) -> dict[str, Any]:
+        """The audit record a stored ``Recorded`` event holds, with its ``hash``."""
+        decoded = self.decode_recorded(state)
+        return {**decoded["record"], "hash": decoded["hash"]}
+
     def recorded_json(self, state: bytes) -> bytes:
         """The JSON of a stored ``Recorded`` event: its state, decrypted and decompressed."""
         try:

@@ -19,7 +19,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
@@ -76,15 +76,10 @@ class Page:
         records: list[Record] = []
         for index, state in enumerate(self.states):
             try:
-                decoded: dict[str, Any] = self.mapper.decode_recorded(state)
+                records.append(self.mapper.decode_record(state))
             except Exception as error:
                 raise PoisonRecordError(f"undecodable record: {error}", index) from error
-            records.append({**decoded["record"], "hash": decoded["hash"]})
         return records
-
-    def received_times(self) -> list[str]:
-        """The server's storing time of each record (the ledger's event timestamp)."""
-        return [str(self.mapper.decode_recorded(state)["timestamp"]) for state in self.states]
 
     def head(self, count: int) -> Page:
         """The first ``count`` notifications of this page."""
