@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from audit_core import Ledger
@@ -23,3 +25,12 @@ class OpenedReadModel:
     def close(self) -> None:
         self.follower.close()
         self.store.close()
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """The first true value of ``condition``, polled; fails saying ``what`` did not happen."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return value

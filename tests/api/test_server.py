@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import uvicorn
 from api.app import create_app, proxy_options
 from api.keys import KeyStore
 from tests.events import audit_event, audit_events
+from tests.followers import wait_for
 from tests.stores import Store
 
 
@@ -122,14 +123,6 @@ def _workers(pid: int) -> list[int]:
     return found
 
 
-def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-    return value
-
-
 def test_vigil_serve_starts_its_follower_worker_again_when_it_dies(
     sqlite_store: Store, tmp_path: Path
 ) -> None:
@@ -162,19 +155,19 @@ def test_vigil_serve_starts_its_follower_worker_again_when_it_dies(
         return response.status_code == 200 and len(response.json()["items"]) == count
 
     try:
-        _wait_for(lambda: _reachable(url), "vigil serve never answered")
-        [worker] = _wait_for(lambda: _workers(serve.pid), "no follower worker started")
+        wait_for(lambda: _reachable(url), "vigil serve never answered")
+        [worker] = wait_for(lambda: _workers(serve.pid), "no follower worker started")
         httpx.post(f"{url}/v1/events", json=audit_events(3), headers=headers, timeout=10)
-        _wait_for(lambda: indexed(3), "the read model never caught up")
+        wait_for(lambda: indexed(3), "the read model never caught up")
 
         os.kill(worker, signal.SIGKILL)
-        replacement = _wait_for(
+        replacement = wait_for(
             lambda: [pid for pid in _workers(serve.pid) if pid != worker],
             "the follower worker was not started again",
         )
         assert len(replacement) == 1
         httpx.post(f"{url}/v1/events", json=audit_event("later"), headers=headers, timeout=10)
-        _wait_for(lambda: indexed(4), "the new worker never caught up")
+        wait_for(lambda: indexed(4), "the new worker never caught up")
         assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
     finally:
         serve.terminate()

@@ -28,7 +28,7 @@ from audit_core.followers import (
     open_store,
 )
 from tests.events import audit_event, audit_events
-from tests.followers import OpenedReadModel
+from tests.followers import OpenedReadModel, wait_for
 from tests.stores import Store
 
 FAST = Backoff(base=0.001, cap=0.01)
@@ -253,13 +253,6 @@ def _start_worker(store: Store, tmp_path: Path, log: IO[bytes]) -> subprocess.Po
     )
 
 
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_of_two_worker_processes_one_leads_and_the_other_takes_over_when_it_is_killed(
     store: Store, tmp_path: Path
 ) -> None:
@@ -270,15 +263,15 @@ def test_of_two_worker_processes_one_leads_and_the_other_takes_over_when_it_is_k
     first = _worker(store, tmp_path)
     second: subprocess.Popen[bytes] | None = None
     try:
-        _wait(lambda: status().leader == "elsewhere", "the first worker never led")
+        wait_for(lambda: status().leader == "elsewhere", "the first worker never led")
         second = _worker(store, tmp_path)
         ledger.record("acme", audit_events(10, "a"))
-        _wait(lambda: status().lag_events == 0, "the read model never caught up")
+        wait_for(lambda: status().lag_events == 0, "the read model never caught up")
 
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         ledger.record("acme", audit_events(5, "b"))
-        _wait(lambda: status().lag_events == 0, "the second worker never took over")
+        wait_for(lambda: status().lag_events == 0, "the second worker never took over")
         assert status().leader == "elsewhere"
         assert opened.view.count("acme") == 15
         assert second.poll() is None
@@ -306,7 +299,7 @@ def test_a_stopped_follower_is_reported_by_status_and_readyz_and_resumed_by_the_
         services = client.app.state.services  # type: ignore[attr-defined]
         runner = services.worker.runner("readmodel")
         runner.backoff = FAST
-        _wait(lambda: runner.stopped_at is not None, "the read model never stopped")
+        wait_for(lambda: runner.stopped_at is not None, "the read model never stopped")
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert "readmodel is stopped at notification" in ready.json()["detail"]
