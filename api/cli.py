@@ -319,22 +319,29 @@ def verify(
     """Recompute every chain from storage; report the first bad seq of each tenant.
     With a transparency log, also recompute each tenant's tree and check it against
     every signed checkpoint (and the --checkpoint files)."""
-    from api.commands.transparency import print_tree_reports, tree_reports
+    from api.commands.transparency import print_tree_reports, tree_checks
 
     settings = load_settings()
     with open_ledger(settings, read_only=True) as ledger:
         logs = _logs_to_verify(ledger, tenant)
         total = sum(_size_for_progress(ledger, log.tenant) for log in logs if log.tenant)
         reports = []
-        with _progress() as progress:
+        with (
+            tree_checks(settings, ledger, tenant, checkpoint or []) as checks,
+            _progress() as progress,
+        ):
             task = progress.add_task("verifying", total=total)
             for log in logs:
+                if log.tenant is None:
+                    reports.append(unnamed_log_report(ledger, log))
+                    continue
+                check = checks.get(log.tenant)
+                # The tree is recomputed from the leaves the chain check reads: one pass.
+                leaves = check if check is not None and check.needs_records else None
                 reports.append(
-                    unnamed_log_report(ledger, log)
-                    if log.tenant is None
-                    else verify_tenant(ledger, log.tenant, lambda n: progress.advance(task, n))
+                    verify_tenant(ledger, log.tenant, lambda n: progress.advance(task, n), leaves)
                 )
-        trees = tree_reports(settings, ledger, tenant, checkpoint or [])
+            trees = [check.finish() for check in checks.values()]
     for report in reports:
         if json_output:
             out.print(orjson.dumps(report.as_dict()).decode(), markup=False)

@@ -10,15 +10,16 @@ logs are found from the stored rows themselves, and every outcome is a report.
 from __future__ import annotations
 
 import enum
-import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from hashlib import sha256
+from typing import Any, Protocol
 
 from audit_core.application import Ledger, StoredLog
 from audit_core.canonical import GENESIS_HASH, canonical_bytes
 from audit_core.domain import tenant_log_id
 from audit_core.exceptions import TenantNotFoundError
+from audit_core.persistence import LedgerMapper
 from audit_core.schema import check_tenant
 
 
@@ -80,8 +81,30 @@ class TenantReport:
 Progress = Callable[[int], None]
 
 
-def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None) -> TenantReport:
+class LeafCheck(Protocol):
+    """What reads a log's leaves in the same pass as its chain (the tree checks)."""
+
+    def add(self, leaves: Sequence[bytes]) -> bool:
+        """Take the next records' leaves (canonical bytes) in seq order; return False
+        when no more are needed."""
+        ...
+
+    def unreadable(self) -> None:
+        """The next record cannot be decoded: no leaf follows (the chain's report names
+        that record)."""
+        ...
+
+
+def verify_tenant(
+    ledger: Ledger,
+    tenant: str,
+    progress: Progress | None = None,
+    leaves: LeafCheck | None = None,
+) -> TenantReport:
     """Check one tenant's whole chain; ``progress`` is told how many records each step did.
+
+    ``leaves`` is given every record's canonical bytes in the same pass, up to the
+    first record that cannot be decoded, after a break of the chain too.
 
     Raises ``TenantNotFoundError`` for a tenant of which storage holds nothing (no event,
     id or snapshot): a typo is not an intact empty log.
@@ -89,7 +112,7 @@ def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None)
     check_tenant(tenant)
     if not ledger.has_log(tenant):
         raise TenantNotFoundError(tenant)
-    chain = _verify_chain(ledger, tenant, progress)
+    chain = _verify_chain(ledger, tenant, progress, leaves)
     opened = ledger.opened_problem(tenant)
     emptied = chain.problem is not None and chain.problem.reason is Reason.TRUNCATED
     if opened is None or (emptied and chain.records == 0):
@@ -111,75 +134,152 @@ def verify_tenant(ledger: Ledger, tenant: str, progress: Progress | None = None)
     )
 
 
-def _verify_chain(ledger: Ledger, tenant: str, progress: Progress | None) -> TenantReport:
-    decode = ledger.ledger_mapper.decode_recorded
-    sha256 = hashlib.sha256
+class _ChainBrokenError(Exception):
+    def __init__(self, reason: Reason, detail: str, seq: int | None = None) -> None:
+        self.reason, self.detail, self.seq = reason, detail, seq
+
+
+def _verify_chain(
+    ledger: Ledger, tenant: str, progress: Progress | None, leaves: LeafCheck | None
+) -> TenantReport:
+    mapper = ledger.ledger_mapper
+    canonical_record = mapper.canonical_record
     expected_seq = 0
     prev_hash = GENESIS_HASH
+    problem: ChainBreak | None = None
+    wants_leaves = leaves is not None
     # Read first: what the ledger had written before the chain is read must be in it,
     # whatever is appended while it is read.
     written = _highest_seq_written(ledger, tenant)
-
-    def broken(seq: int, reason: Reason, detail: str) -> TenantReport:
-        return TenantReport(tenant, expected_seq, prev_hash, ChainBreak(seq, reason, detail))
 
     for versions, states, other_topics in ledger.ledger_recorder.checked_pages(
         tenant_log_id(tenant)
     ):
         misfiled = set(other_topics)
+        page_leaves: list[bytes] = []
         for version, state in zip(versions, states, strict=True):
-            seq = version - 1
-            if seq != expected_seq:
-                missing = f"seq {expected_seq}" + (
-                    f" to {seq - 1}" if seq - 1 > expected_seq else ""
-                )
-                return broken(expected_seq, Reason.GAP, f"{missing} missing from storage")
-            if version in misfiled:
-                return broken(seq, Reason.UNDECODABLE, "stored under another topic than Recorded")
-            try:
-                decoded = decode(state)
-                record, stored_hash = decoded["record"], decoded["hash"]
-            except Exception as error:
-                return broken(seq, Reason.UNDECODABLE, f"{type(error).__name__}: {error}")
-            if not isinstance(record, dict) or not isinstance(stored_hash, str):
-                return broken(seq, Reason.UNDECODABLE, "the stored JSON is not an audit record")
-            if record.get("seq") != seq or record.get("tenant") != tenant:
-                return broken(
-                    seq,
-                    Reason.SEQ_MISMATCH,
-                    f"stored at seq {seq} of {tenant!r} but the record says seq "
-                    f"{record.get('seq')!r} of {record.get('tenant')!r}",
-                )
-            if record.get("prev_hash") != prev_hash:
-                return broken(
-                    seq,
-                    Reason.BROKEN_LINK,
-                    f"prev_hash {record.get('prev_hash')!r} is not the hash of seq {seq - 1} "
-                    f"({prev_hash})",
-                )
-            # The stored record has no "hash" of its own: one added to it is tampering.
-            try:
-                computed = sha256(canonical_bytes(record)).hexdigest()
-            except Exception as error:  # a value no event could hold (e.g. a huge integer)
-                return broken(seq, Reason.UNDECODABLE, f"{type(error).__name__}: {error}")
-            if computed != stored_hash:
-                return broken(
-                    seq,
-                    Reason.HASH_MISMATCH,
-                    f"content hashes to {computed} but the stored hash is {stored_hash}",
-                )
-            prev_hash = stored_hash
-            expected_seq += 1
+            leaf: bytes | None
+            if problem is None:
+                seq = version - 1
+                try:
+                    if seq != expected_seq:
+                        missing = f"seq {expected_seq}" + (
+                            f" to {seq - 1}" if seq - 1 > expected_seq else ""
+                        )
+                        raise _ChainBrokenError(
+                            Reason.GAP, f"{missing} missing from storage", expected_seq
+                        )
+                    if version in misfiled:
+                        raise _ChainBrokenError(
+                            Reason.UNDECODABLE, "stored under another topic than Recorded"
+                        )
+                    # What still hashes to its stored hash needs no decoding: only where
+                    # the record says it sits is left to check.
+                    fast = canonical_record(state)
+                    if fast is None:
+                        leaf, stored_hash = _checked_slowly(mapper, state, seq, tenant, prev_hash)
+                    else:
+                        leaf, stored_hash, head = fast
+                        if head.seq != seq or head.tenant != tenant or head.prev_hash != prev_hash:
+                            _check_place(
+                                head.seq, head.tenant, head.prev_hash, seq, tenant, prev_hash
+                            )
+                    prev_hash = stored_hash
+                    expected_seq += 1
+                except _ChainBrokenError as broken:
+                    at = expected_seq if broken.seq is None else broken.seq
+                    problem = ChainBreak(at, broken.reason, broken.detail)
+                    if not wants_leaves:
+                        break
+                    leaf = _leaf_of(mapper, state)
+            else:
+                leaf = _leaf_of(mapper, state)
+            if wants_leaves:
+                if leaf is None:
+                    break
+                page_leaves.append(leaf)
         if progress is not None:
             progress(len(versions))
+        if leaves is not None and wants_leaves:
+            if page_leaves and not leaves.add(page_leaves):
+                wants_leaves = False
+            elif leaf is None:
+                leaves.unreadable()
+                wants_leaves = False
+        if problem is not None and not wants_leaves:
+            break
 
+    if problem is not None:
+        return TenantReport(tenant, expected_seq, prev_hash, problem)
     if written is not None and written >= expected_seq:
-        return broken(
+        return TenantReport(
+            tenant,
             expected_seq,
-            Reason.TRUNCATED,
-            f"the ledger wrote up to seq {written} but storage ends at seq {expected_seq - 1}",
+            prev_hash,
+            ChainBreak(
+                expected_seq,
+                Reason.TRUNCATED,
+                f"the ledger wrote up to seq {written} but storage ends at seq {expected_seq - 1}",
+            ),
         )
     return TenantReport(tenant, expected_seq, prev_hash)
+
+
+def _check_place(
+    claimed_seq: Any, claimed_tenant: Any, claimed_prev: Any, seq: int, tenant: str, prev_hash: str
+) -> None:
+    if claimed_seq != seq or claimed_tenant != tenant:
+        raise _ChainBrokenError(
+            Reason.SEQ_MISMATCH,
+            f"stored at seq {seq} of {tenant!r} but the record says seq "
+            f"{claimed_seq!r} of {claimed_tenant!r}",
+        )
+    if claimed_prev != prev_hash:
+        raise _ChainBrokenError(
+            Reason.BROKEN_LINK,
+            f"prev_hash {claimed_prev!r} is not the hash of seq {seq - 1} ({prev_hash})",
+        )
+
+
+def _checked_slowly(
+    mapper: LedgerMapper, state: bytes, seq: int, tenant: str, prev_hash: str
+) -> tuple[bytes, str]:
+    """(canonical bytes, stored hash) of a record whose stored bytes are not its
+    canonical bytes (or are not well formed): decoded, checked and re-encoded."""
+    try:
+        decoded = mapper.decode_recorded(state)
+        record, stored_hash = decoded["record"], decoded["hash"]
+    except Exception as error:
+        raise _ChainBrokenError(Reason.UNDECODABLE, f"{type(error).__name__}: {error}") from None
+    if not isinstance(record, dict) or not isinstance(stored_hash, str):
+        raise _ChainBrokenError(Reason.UNDECODABLE, "the stored JSON is not an audit record")
+    _check_place(
+        record.get("seq"), record.get("tenant"), record.get("prev_hash"), seq, tenant, prev_hash
+    )
+    # The stored record has no "hash" of its own: one added to it is tampering.
+    try:
+        canonical = canonical_bytes(record)
+    except Exception as error:  # a value no event could hold (e.g. a huge integer)
+        raise _ChainBrokenError(Reason.UNDECODABLE, f"{type(error).__name__}: {error}") from None
+    computed = sha256(canonical).hexdigest()
+    if computed != stored_hash:
+        raise _ChainBrokenError(
+            Reason.HASH_MISMATCH,
+            f"content hashes to {computed} but the stored hash is {stored_hash}",
+        )
+    return canonical, stored_hash
+
+
+def _leaf_of(mapper: LedgerMapper, state: bytes) -> bytes | None:
+    """A record's leaf once its chain is broken: its canonical bytes, whatever its
+    hash; None if it cannot be decoded."""
+    fast = mapper.canonical_record(state)
+    if fast is not None:
+        return fast.canonical
+    try:
+        return canonical_bytes(mapper.decode_recorded(state)["record"])
+    except Exception:
+        return None
 
 
 def _highest_seq_written(ledger: Ledger, tenant: str) -> int | None:

@@ -10,8 +10,8 @@ figure, the default is short). One pass, each step in a fresh schema where it wr
    node hashes of the tree: the least any tree follower must do).
 3. Inclusion and consistency proofs in process (``TreeReader``) and over HTTP
    (``vigil serve``), p50/p99, beside a bare ``GET /healthz`` round trip.
-4. Chain and tree verification (what ``vigil verify`` runs), events/s, beside the
-   chain check alone.
+4. Chain and tree verification in one pass (what ``vigil verify`` runs), events/s,
+   beside the chain check alone and reading the log's pages alone.
 5. An evidence bundle of ``--bundle`` records: export and offline verification.
 6. Batch ingest over HTTP with the tree follower running, beside a server without it.
 7. Commit to a signed checkpoint covering it, at a steady ``--rate`` events/s over
@@ -59,13 +59,14 @@ from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
 from api.keys import KeyStore
 from api.settings import Settings
 from audit_core import Ledger, Limits, verify_tenant
+from audit_core.domain import tenant_log_id
 from audit_core.followers import FollowerRunner, FollowerStore, open_store
 from audit_core.transparency import MemoryTree, Signer, record_leaf
 from audit_core.transparency.evidence import export_bundle, gather, verify_bundle
 from audit_core.transparency.follower import TransparencyLog
 from audit_core.transparency.proofs import TreeReader
 from audit_core.transparency.store import tree_store_class
-from audit_core.transparency.verify import verify_tree
+from audit_core.transparency.verify import TreeCheck
 
 TENANT = "acme"
 ORIGIN = "bench.vigil/log"
@@ -113,6 +114,14 @@ def bare_hashing(ledger: Ledger, count: int) -> float:
     seconds = time.perf_counter() - started
     assert tree.size == len(leaves)
     return seconds
+
+
+def verify_both(ledger: Ledger, log: TransparencyLog, signer: Signer) -> None:
+    check = TreeCheck(log.store, TENANT, [signer.verifier])
+    chain = verify_tenant(ledger, TENANT, leaves=check)
+    tree = check.finish()
+    if not (chain.ok and tree.ok and tree.records == chain.records):
+        raise SystemExit(f"verification failed: {chain}, {tree.problems}")
 
 
 def free_port() -> int:
@@ -289,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             say(f"1. writing a log of {args.records:,} records ...")
             load(ledger, args.records, "p")
             size = ledger.size(TENANT)
+            log_id = tenant_log_id(TENANT)
 
             say("2. tree follower")
             seconds, log, follower_store = follow(env, ledger, signer)
@@ -331,20 +341,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"{ms(http_consistency)} (baseline GET /healthz: {ms(health)})"
             )
 
-            say("4. verification (what `vigil verify` runs)")
-            started = time.perf_counter()
-            chain = verify_tenant(ledger, TENANT)
-            chain_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            tree = verify_tree(ledger, log.store, TENANT, [signer.verifier])
-            tree_seconds = time.perf_counter() - started
-            assert chain.ok, chain
-            assert tree.ok, tree.problems
+            say("4. verification (what `vigil verify` runs: chain and tree in one pass)")
             total = ledger.size(TENANT)
+            pages = timed([lambda: sum(1 for _ in ledger.ledger_recorder.checked_pages(log_id))])
+            chain = timed([lambda: verify_tenant(ledger, TENANT)])
+            both = timed([lambda: verify_both(ledger, log, signer)])
             say(
-                f"   chain and tree: {total / (chain_seconds + tree_seconds):,.0f} events/s "
-                f"(chain alone: {total / chain_seconds:,.0f}/s; tree alone: "
-                f"{total / tree_seconds:,.0f}/s)"
+                f"   chain and tree: {total / both[0]:,.0f} events/s (chain alone: "
+                f"{total / chain[0]:,.0f}/s; reading the log's pages alone: "
+                f"{total / pages[0]:,.0f}/s) (target >= 150,000/s)"
             )
 
             count = min(args.bundle, size)

@@ -8,6 +8,8 @@ it on their own machine with the bundle and the verifier key.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,6 @@ import typer
 from api.cli import (
     TenantOption,
     _cli_actor,
-    _progress,
     err,
     fail,
     load_settings,
@@ -42,7 +43,7 @@ from audit_core.transparency import (
 )
 from audit_core.transparency.evidence import export_bundle, gather, verify_bundle
 from audit_core.transparency.proofs import TreeReader
-from audit_core.transparency.verify import TreeReport, verify_tree
+from audit_core.transparency.verify import TreeCheck, TreeReport
 
 evidence_app = typer.Typer(help="Evidence bundles that auditors verify offline.")
 
@@ -114,14 +115,17 @@ def _read_kept(paths: list[Path]) -> list[str]:
     return notes
 
 
-def tree_reports(
+@contextmanager
+def tree_checks(
     settings: Settings, ledger: Ledger, tenants: list[str] | None, kept_files: list[Path]
-) -> list[TreeReport]:
-    """Each tenant's records against its signed checkpoints (and the kept ones)."""
+) -> Iterator[dict[str, TreeCheck]]:
+    """A tree check per tenant with signed checkpoints (or kept ones), to be given the
+    chain's leaves; none without a verifier key or a kept checkpoint."""
     keys = _keys_or_fail(settings)
     kept = _read_kept(kept_files)
     if not keys and not kept:
-        return []
+        yield {}
+        return
     store = open_store(settings.ledger_env())
     try:
         trees = tree_store(store, settings)
@@ -138,31 +142,9 @@ def tree_reports(
                 "VIGIL_VERIFIER_KEYS",
                 2,
             )
-        total = sum(_size(ledger, name) for name in names)
-        reports: list[TreeReport] = []
-        with _progress() as progress:
-            task = progress.add_task("checking trees", total=total)
-            for name in names:
-                reports.append(
-                    verify_tree(
-                        ledger,
-                        trees,
-                        name,
-                        keys,
-                        kept_by_tenant.get(name, []),
-                        lambda n: progress.advance(task, n),
-                    )
-                )
-        return reports
+        yield {name: TreeCheck(trees, name, keys, kept_by_tenant.get(name, [])) for name in names}
     finally:
         store.close()
-
-
-def _size(ledger: Ledger, tenant: str) -> int:
-    try:
-        return ledger.size(tenant)
-    except Exception:  # a damaged log: the checks report it
-        return 0
 
 
 def _keys_or_fail(settings: Settings) -> list[Verifier]:

@@ -290,14 +290,20 @@ class Frontier:
         self._stack: list[bytes] = []
 
     def append(self, value: bytes) -> None:
-        self.size += 1
-        stack = self._stack
-        stack.append(value)
-        # One merge per trailing one bit of the new size.
-        merges = (self.size & -self.size).bit_length() - 1
-        for _ in range(merges):
-            right = stack.pop()
-            stack[-1] = node_hash(stack[-1], right)
+        self.extend((value,))
+
+    def extend(self, values: Iterable[bytes]) -> None:
+        stack, size, sha256 = self._stack, self.size, _sha256
+        for value in values:
+            size += 1
+            stack.append(value)
+            # One merge per trailing zero bit of the new size.
+            merges = size
+            while not merges & 1:
+                right = stack.pop()
+                stack[-1] = sha256(b"\x01" + stack[-1] + right).digest()
+                merges >>= 1
+        self.size = size
 
     def root(self) -> bytes:
         if not self._stack:

@@ -20,20 +20,19 @@ consistent with the next: no two of them can contradict each other.
 
 from __future__ import annotations
 
-import bisect
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from audit_core.application import Ledger
-from audit_core.domain import tenant_log_id
 from audit_core.transparency.checkpoint import Checkpoint
 from audit_core.transparency.exceptions import CheckpointError, NoteError, TransparencyError
-from audit_core.transparency.leaves import stored_leaf_only
-from audit_core.transparency.merkle import HASH_SIZE, Frontier, leaf_hash, tree_hash
+from audit_core.transparency.merkle import HASH_SIZE, Frontier, tree_hash
 from audit_core.transparency.note import Verifier, parse_note, verify_note
 from audit_core.transparency.store import StoredCheckpoint, TreeStore
 from audit_core.transparency.tiles import TileHashes
+from audit_core.verify import verify_tenant
 
 Progress = Callable[[int], None]
 
@@ -96,13 +95,151 @@ def _open(note: str, keys: Sequence[Verifier], tenant: str) -> Checkpoint:
     return checkpoint
 
 
-def _leaf(mapper: Any, state: bytes) -> bytes | None:
-    """The leaf of a stored record, or None if it cannot be decoded (the chain check
-    reports that)."""
-    try:
-        return stored_leaf_only(mapper, state)
-    except Exception:
-        return None
+class TreeCheck:
+    """A tenant's tree recomputed from the leaves the chain check reads (one pass over
+    the log for both), and compared with every signed checkpoint as it passes their
+    sizes."""
+
+    def __init__(
+        self,
+        store: TreeStore,
+        tenant: str,
+        keys: Sequence[Verifier],
+        kept: Iterable[str] = (),
+    ) -> None:
+        """``kept``: signed notes of checkpoints kept elsewhere; ``keys``: the trusted
+        verifier keys."""
+        self.store, self.tenant = store, tenant
+        self.report = TreeReport(tenant)
+        signed: list[_Signed] = []
+        stored = store.checkpoints(tenant)
+        for row in stored:
+            checked = _check_stored(row, keys, tenant, self.report)
+            if checked is not None:
+                signed.append(checked)
+        kept_count = 0
+        for number, note in enumerate(kept, start=1):
+            try:
+                checkpoint = _open(note, keys, tenant)
+            except TransparencyError as error:
+                self.report.problems.append(
+                    TreeProblem("bad_signature", f"kept checkpoint {number}: {error}")
+                )
+                continue
+            kept_count += 1
+            signed.append(_Signed(checkpoint.size, checkpoint.root, f"kept checkpoint {number}"))
+        self.report.checkpoints = len(stored) + kept_count
+        signed.sort(key=lambda s: s.size)
+        self.signed = signed
+        self.report.latest = signed[-1].size if signed else None
+        self.frontier = Frontier()
+        self.leaves = bytearray()
+        """Every leaf hash so far, to locate the first bad seq when a root differs."""
+        self.index = 0
+        """How many of ``signed`` have been compared."""
+        self.unreadable_record = False
+        self._compare_due()  # checkpoints of the empty tree
+
+    @property
+    def needs_records(self) -> bool:
+        return bool(self.signed)
+
+    def add(self, leaves: Sequence[bytes]) -> bool:
+        frontier, signed = self.frontier, self.signed
+        if not signed:
+            return False
+        sha256 = hashlib.sha256
+        values = [sha256(b"\x00" + leaf).digest() for leaf in leaves]
+        self.leaves += b"".join(values)
+        at = 0
+        while at < len(values):
+            # Up to the next checkpoint's size, whose root is compared there.
+            take = len(values) - at
+            if self.index < len(signed):
+                take = min(take, signed[self.index].size - frontier.size)
+            frontier.extend(values[at : at + take])
+            at += take
+            self._compare_due()
+        return not (frontier.size >= signed[-1].size and self.report.problems)
+
+    def unreadable(self) -> None:
+        self.unreadable_record = True
+
+    def _compare_due(self) -> None:
+        signed = self.signed
+        while self.index < len(signed) and signed[self.index].size == self.frontier.size:
+            self._compare(signed[self.index], self.frontier.root())
+            self.index += 1
+
+    def finish(self) -> TreeReport:
+        """The report, once the log's leaves have all been added."""
+        report, frontier = self.report, self.frontier
+        report.records = frontier.size
+        if self.unreadable_record:
+            return report  # undecodable: the chain check names it
+        for s in self.signed[self.index :]:
+            if s.size > frontier.size:
+                seq = self._first_bad(s)
+                if seq is not None and seq < frontier.size:
+                    # Records are missing inside the log, not only at its end.
+                    self._compare(s, b"")
+                    break
+                ends = (
+                    f"at seq {frontier.size - 1}"
+                    if frontier.size
+                    else "before seq 0: the tenant's log is gone"
+                )
+                report.problems.append(
+                    TreeProblem(
+                        "truncated",
+                        f"{s.source} (size {s.size}) covers seq {s.size - 1}, but the log "
+                        f"ends {ends}: records were deleted from seq {frontier.size} on",
+                        s.size,
+                        frontier.size,
+                    )
+                )
+                break
+        return report
+
+    def _compare(self, signed: _Signed, root: bytes) -> None:
+        if root == signed.root:
+            return
+        seq = self._first_bad(signed)
+        if seq is not None:
+            where = f"seq {seq} is the first that no longer matches"
+        else:
+            earlier = [s.size for s in self.signed if s.size < signed.size]
+            where = (
+                f"the first that no longer matches is at or after seq {max(earlier, default=0)} "
+                "(the stored tiles no longer lead to the signed root either, so the exact seq "
+                "cannot be told)"
+            )
+        self.report.problems.append(
+            TreeProblem(
+                "root_mismatch",
+                f"the records' tree at size {signed.size} does not have the root that "
+                f"{signed.source} signed: records were altered, deleted, reordered or forged; "
+                + where,
+                signed.size,
+                seq,
+            )
+        )
+
+    def _first_bad(self, signed: _Signed) -> int | None:
+        """The first seq whose recomputed leaf differs from the leaf the log had when it
+        signed, read from the stored tiles if they still lead to the signed root."""
+        leaves = self.leaves
+        try:
+            hashes = TileHashes(lambda keys: self.store.read_tiles(self.tenant, keys))
+            if tree_hash(signed.size, hashes.read) != signed.root:
+                return None
+            count = min(signed.size, len(leaves) // HASH_SIZE)
+            for seq in range(count):
+                if hashes.read(0, seq) != bytes(leaves[seq * HASH_SIZE : (seq + 1) * HASH_SIZE]):
+                    return seq
+            return count
+        except TransparencyError:
+            return None
 
 
 def verify_tree(
@@ -113,79 +250,11 @@ def verify_tree(
     kept: Iterable[str] = (),
     progress: Progress | None = None,
 ) -> TreeReport:
-    """Check a tenant's records against its stored checkpoints and ``kept`` ones (signed
-    notes), with the trusted verifier ``keys``."""
-    report = TreeReport(tenant)
-    signed: list[_Signed] = []
-    stored = store.checkpoints(tenant)
-    for row in stored:
-        checked = _check_stored(row, keys, tenant, report)
-        if checked is not None:
-            signed.append(checked)
-    for number, note in enumerate(kept, start=1):
-        try:
-            checkpoint = _open(note, keys, tenant)
-        except TransparencyError as error:
-            report.problems.append(
-                TreeProblem("bad_signature", f"kept checkpoint {number}: {error}")
-            )
-            continue
-        signed.append(_Signed(checkpoint.size, checkpoint.root, f"kept checkpoint {number}"))
-    report.checkpoints = len(stored) + sum(1 for s in signed if s.source.startswith("kept"))
-    signed.sort(key=lambda s: s.size)
-    report.latest = signed[-1].size if signed else None
-    if not signed:
-        return report
-
-    sizes = [s.size for s in signed]
-    frontier = Frontier()
-    leaves = bytearray()
-    # Checkpoint roots are compared as the recomputed tree passes their sizes.
-    index = bisect.bisect_left(sizes, 1)
-    for s in signed[:index]:  # size 0: the empty tree
-        _compare(report, s, frontier.root(), leaves, store, tenant, signed)
-    mapper = ledger.ledger_mapper
-    last = sizes[-1]
-    for page in ledger.ledger_recorder.record_pages(tenant_log_id(tenant)):
-        for state in page.states:
-            leaf = _leaf(mapper, state)
-            if leaf is None:
-                report.records = frontier.size
-                return report  # undecodable: the chain check names it
-            value = leaf_hash(leaf)
-            frontier.append(value)
-            leaves += value
-            while index < len(signed) and signed[index].size == frontier.size:
-                _compare(report, signed[index], frontier.root(), leaves, store, tenant, signed)
-                index += 1
-        if progress is not None:
-            progress(len(page.versions))
-        if frontier.size >= last and report.problems:
-            break
-    report.records = frontier.size
-    for s in signed[index:]:
-        if s.size > frontier.size:
-            seq = _first_bad(s, leaves, store, tenant)
-            if seq is not None and seq < frontier.size:
-                # Records are missing inside the log, not only at its end.
-                _compare(report, s, b"", leaves, store, tenant, signed)
-                break
-            ends = (
-                f"at seq {frontier.size - 1}"
-                if frontier.size
-                else "before seq 0: the tenant's log is gone"
-            )
-            report.problems.append(
-                TreeProblem(
-                    "truncated",
-                    f"{s.source} (size {s.size}) covers seq {s.size - 1}, but the log ends "
-                    f"{ends}: records were deleted from seq {frontier.size} on",
-                    s.size,
-                    frontier.size,
-                )
-            )
-            break
-    return report
+    """The tree checks of a tenant alone (``vigil verify`` runs them in the chain's pass)."""
+    check = TreeCheck(store, tenant, keys, kept)
+    if check.needs_records and ledger.has_log(tenant):
+        verify_tenant(ledger, tenant, progress, check)
+    return check.finish()
 
 
 def _check_stored(
@@ -212,51 +281,3 @@ def _check_stored(
             )
         )
     return _Signed(checkpoint.size, checkpoint.root, f"checkpoint at size {checkpoint.size}")
-
-
-def _compare(
-    report: TreeReport,
-    signed: _Signed,
-    root: bytes,
-    leaves: bytearray,
-    store: TreeStore,
-    tenant: str,
-    everything: list[_Signed],
-) -> None:
-    if root == signed.root:
-        return
-    seq = _first_bad(signed, leaves, store, tenant)
-    if seq is not None:
-        where = f"seq {seq} is the first that no longer matches"
-    else:
-        earlier = [s.size for s in everything if s.size < signed.size]
-        where = (
-            f"the first that no longer matches is at or after seq {max(earlier, default=0)} "
-            "(the stored tiles no longer lead to the signed root either, so the exact seq "
-            "cannot be told)"
-        )
-    report.problems.append(
-        TreeProblem(
-            "root_mismatch",
-            f"the records' tree at size {signed.size} does not have the root that "
-            f"{signed.source} signed: records were altered, deleted, reordered or forged; " + where,
-            signed.size,
-            seq,
-        )
-    )
-
-
-def _first_bad(signed: _Signed, leaves: bytearray, store: TreeStore, tenant: str) -> int | None:
-    """The first seq whose recomputed leaf differs from the leaf the log had when it
-    signed, read from the stored tiles if they still lead to the signed root."""
-    try:
-        hashes = TileHashes(lambda keys: store.read_tiles(tenant, keys))
-        if tree_hash(signed.size, hashes.read) != signed.root:
-            return None
-        count = min(signed.size, len(leaves) // HASH_SIZE)
-        for seq in range(count):
-            if hashes.read(0, seq) != bytes(leaves[seq * HASH_SIZE : (seq + 1) * HASH_SIZE]):
-                return seq
-        return count
-    except TransparencyError:
-        return None
