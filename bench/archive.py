@@ -28,6 +28,7 @@ The script only prints. Targets (issue 13): archive >= 50,000 records/s; archive
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import subprocess
 import sys
@@ -43,7 +44,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger import make_events  # type: ignore[import-not-found]  # bench/ledger.py
+from ledger import (  # type: ignore[import-not-found]  # bench/ledger.py
+    connect,
+    fresh_schema,
+    make_events,
+    with_schema,
+)
 
 from api.settings import Settings
 from audit_core import Ledger
@@ -176,10 +182,19 @@ def main() -> None:
     parser.add_argument("--lag-segment-seconds", type=float, default=5.0)
     options = parser.parse_args()
 
-    server, endpoint = start_s3()
     workdir = Path(tempfile.mkdtemp(prefix="vigil-bench-archive-"))
     url = options.database_url or f"sqlite:///{workdir / 'ledger.db'}"
-    env = Settings(database_url=url).ledger_env()
+    with contextlib.ExitStack() as stack:
+        if url.startswith("postgres"):
+            # A fresh schema, dropped afterwards: never the database's own tables.
+            admin = stack.enter_context(connect(Settings(database_url=url).ledger_env()))
+            url = with_schema(url, stack.enter_context(fresh_schema(admin, "archive")))
+        run(options, url, workdir)
+
+
+def run(options: argparse.Namespace, url: str, workdir: Path) -> None:
+    server, endpoint = start_s3()
+    env = Settings(database_url=url, encryption_key=None).ledger_env()
     try:
         ledger = Ledger(env)
         started = time.perf_counter()
@@ -216,7 +231,7 @@ def main() -> None:
         started = time.perf_counter()
         runner.drain()
         now[0] += 7200  # the last, partly filled segments are due: the next tick closes them
-        follower.flush()
+        follower.settle()
         archive_time = time.perf_counter() - started
         segments = [k for k in bucket.keys("bench/") if k.endswith(".jsonl.gz")]
         assert follower.records_written == options.records, follower.records_written

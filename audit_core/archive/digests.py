@@ -43,7 +43,7 @@ from audit_core.transparency.checkpoint import (
     sign_checkpoint,
     tenant_origin,
 )
-from audit_core.transparency.merkle import EMPTY_ROOT, leaf_hash, node_hash
+from audit_core.transparency.merkle import Frontier
 from audit_core.transparency.note import Signer, Verifier, sign_note, verify_note
 
 FORMAT = "vigil-archive-digest/1"
@@ -63,39 +63,20 @@ def unb64(value: Any, what: str) -> bytes:
     return decoded
 
 
-class TreeState:
-    """The tenant's Merkle tree as its right edge: the roots of the complete subtrees
-    that make up ``size`` leaves, largest first. Unlike ``merkle.Frontier`` it can be
-    written into a digest and read back, which is what lets the archiver resume, and a
-    verifier check one segment, without reading the segments before it."""
+class TreeState(Frontier):
+    """The tenant's Merkle tree as its right edge, as a digest states it: written into
+    each digest and read back, which is what lets the archiver resume, and a verifier
+    check one segment, without reading the segments before it."""
 
     def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()):
         if len(hashes) != size.bit_count():
             raise ArchiveFormatError(
                 f"a tree of {size} leaves has {size.bit_count()} frontier hashes, not {len(hashes)}"
             )
-        self.size = size
-        self.hashes = list(hashes)
+        super().__init__(size, hashes)
 
     def copy(self) -> TreeState:
         return TreeState(self.size, self.hashes)
-
-    def append_leaf(self, leaf: bytes) -> None:
-        """Add a leaf (a record's canonical bytes)."""
-        self.size += 1
-        hashes = self.hashes
-        hashes.append(leaf_hash(leaf))
-        for _ in range((self.size & -self.size).bit_length() - 1):
-            right = hashes.pop()
-            hashes[-1] = node_hash(hashes[-1], right)
-
-    def root(self) -> bytes:
-        if not self.hashes:
-            return EMPTY_ROOT
-        result = self.hashes[-1]
-        for value in reversed(self.hashes[:-1]):
-            result = node_hash(value, result)
-        return result
 
     def as_json(self) -> dict[str, Any]:
         return {

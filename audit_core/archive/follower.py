@@ -16,21 +16,18 @@ follower's lag shows in ``vigil status``, ``/readyz`` and ``/metrics``.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-import orjson
 from eventsourcing.persistence import TrackingRecorder
 
 from audit_core.archive.segments import Segment
 from audit_core.archive.writer import ArchiveWriter, ChainHead
-from audit_core.canonical import canonical_bytes
 from audit_core.followers.follower import Page, PoisonRecordError, Sink
+from audit_core.persistence import RecordHead
 
 
 @dataclass
@@ -48,6 +45,10 @@ class _Open:
     end there too, to be the same one."""
     end_checked: bool = False
     last_hash: str = ""
+    writing: Future[ChainHead | None] | None = None
+    """The write of this tenant's segment under way, of its first ``writing_count``
+    held records."""
+    writing_count: int = 0
 
     @property
     def next_seq(self) -> int:
@@ -86,15 +87,14 @@ class ArchiveFollower(Sink):
     # -- the runner's hooks -------------------------------------------------------------
 
     def deliver(self, page: Page) -> int | None:
-        stored_json = page.mapper.recorded_json
-        for index, raw in enumerate(page.states):
+        checked_record = page.mapper.checked_record
+        ids = page.ids
+        for index, state in enumerate(page.states):
             try:
-                stored = stored_json(raw)
-                decoded = orjson.loads(stored)
-                record, stored_hash = decoded["record"], decoded["hash"]
+                line, stored_hash, head = checked_record(state)
             except Exception as error:
-                raise PoisonRecordError(f"undecodable record: {error}", index) from error
-            self._take(record, stored_hash, _stored_line(stored), page.ids[index], index)
+                raise PoisonRecordError(str(error), index) from error
+            self._take(head, stored_hash, line, ids[index], index)
         self._delivered = max(self._delivered, page.position)
         self._write_due(by_time=False)
         return self._confirmed()
@@ -103,8 +103,15 @@ class ArchiveFollower(Sink):
         self._write_due(by_time=True)
         return self._confirmed()
 
+    def settle(self) -> int | None:
+        while self._write_due(by_time=True):
+            wait([state.writing for state in self._open.values() if state.writing is not None])
+        return self._confirmed()
+
     def reload(self) -> None:
         # The runner reads again from the stored position; S3 says where each tenant is.
+        # Writes under way end first, so that none lands after the heads are read again.
+        wait([state.writing for state in self._open.values() if state.writing is not None])
         self._open.clear()
         self._delivered = 0
 
@@ -122,19 +129,14 @@ class ArchiveFollower(Sink):
     # -- segments -----------------------------------------------------------------------
 
     def _take(
-        self,
-        record: dict[str, Any],
-        stored_hash: str,
-        line: bytes | None,
-        notification_id: int,
-        index: int,
+        self, head: RecordHead, stored_hash: str, line: bytes, notification_id: int, index: int
     ) -> None:
-        """Hold one record; ``line`` is its JSON as stored, if that may be canonical."""
-        tenant, seq = record["tenant"], record["seq"]
+        """Hold one record; ``line`` is its canonical bytes, which hash to ``stored_hash``."""
+        tenant, seq = head.tenant, head.seq
         state = self._open.get(tenant)
         if state is None:
-            head = self.writer.load_head(tenant, near=record["received_at"])
-            state = self._open[tenant] = _Open(head, last_hash=head.last_hash)
+            chain = self.writer.load_head(tenant, near=head.received_at)
+            state = self._open[tenant] = _Open(chain, last_hash=chain.last_hash)
         if seq < state.next_seq:  # archived already, or held already
             if seq == state.head.next_seq - 1 and stored_hash != state.head.last_hash:
                 raise PoisonRecordError(
@@ -152,27 +154,17 @@ class ArchiveFollower(Sink):
                 "archive` archives from the first record)",
                 index,
             )
-        # The stored JSON is the canonical bytes unless the record holds floats: its
-        # hash says which, and only then is the record encoded again.
-        if line is None or hashlib.sha256(line).hexdigest() != stored_hash:
-            line = canonical_bytes(record)
-            if hashlib.sha256(line).hexdigest() != stored_hash:
-                raise PoisonRecordError(
-                    f"tenant {tenant!r} seq {seq}: the record does not hash to its stored "
-                    "hash; its storage was changed behind the ledger's back (run `vigil verify`)",
-                    index,
-                )
-        if record["prev_hash"] != state.last_hash:
+        if head.prev_hash != state.last_hash:
             raise PoisonRecordError(
                 f"tenant {tenant!r} seq {seq}: prev_hash is not the hash of the record "
                 "archived before it (run `vigil verify`)",
                 index,
             )
         if not state.lines:
-            state.opened = _epoch(record["received_at"])
+            state.opened = _epoch(head.received_at)
         state.lines.append(line)
         state.ids.append(notification_id)
-        state.received.append(record["received_at"])
+        state.received.append(head.received_at)
         state.last_hash = stored_hash
 
     def _due(self, state: _Open, *, by_time: bool) -> bool:
@@ -185,35 +177,39 @@ class ArchiveFollower(Sink):
             return True
         return by_time and self.clock() - state.opened >= self.segment_seconds
 
-    def _write_due(self, *, by_time: bool) -> None:
-        """Write every segment that is due, returning once S3 has confirmed them."""
-        waiting: set[str] = set()
-        while True:
-            due = [
-                state
-                for tenant, state in self._open.items()
-                if tenant not in waiting and state.lines and self._due(state, by_time=by_time)
-            ]
-            if not due:
-                return
-            cut = [(state, *self._cut(state)) for state in due]
-            futures = [
-                self._pool.submit(self.writer.write, state.head, segment)
-                for state, segment, _ in cut
-            ]
-            failure: BaseException | None = None
-            for (state, _, count), future in zip(cut, futures, strict=True):
-                try:
-                    head = future.result()
-                except BaseException as error:  # raised below, once every write has ended
-                    failure = failure or error
-                    continue
-                if head is None:
-                    waiting.add(state.head.tenant)  # no checkpoint covers it yet
-                else:
-                    self._advance(state, head, count)
-            if failure is not None:
-                raise failure
+    def _write_due(self, *, by_time: bool) -> bool:
+        """Take in the writes that have ended, and start writing every segment that is
+        due; True while writes are under way. Reading goes on meanwhile: the position
+        confirmed never passes a record whose segment is not written."""
+        failure: BaseException | None = None
+        uncovered: set[str] = set()
+        for tenant, state in self._open.items():
+            writing = state.writing
+            if writing is None or not writing.done():
+                continue
+            state.writing = None
+            try:
+                head = writing.result()
+            except BaseException as error:  # raised below, once the others are taken in
+                failure = failure or error
+                continue
+            if head is None:
+                uncovered.add(tenant)  # no checkpoint covers it yet: cut again next time
+            else:
+                self._advance(state, head, state.writing_count)
+        if failure is not None:
+            raise failure
+        for tenant, state in self._open.items():
+            # One write at a time per tenant: each digest names the one before.
+            if (
+                state.writing is None
+                and tenant not in uncovered
+                and state.lines
+                and self._due(state, by_time=by_time)
+            ):
+                segment, state.writing_count = self._cut(state)
+                state.writing = self._pool.submit(self.writer.write, state.head, segment)
+        return any(state.writing is not None for state in self._open.values())
 
     def _cut(self, state: _Open) -> tuple[Segment, int]:
         """The segment that is due, and how many held records it takes."""
@@ -243,16 +239,6 @@ class ArchiveFollower(Sink):
         """Every record up to this notification id is in a written segment."""
         held = [state.ids[0] for state in self._open.values() if state.ids]
         return min(held) - 1 if held else self._delivered
-
-
-_RECORD_KEY = b',"record":'
-
-
-def _stored_line(stored: bytes) -> bytes | None:
-    """The record's JSON inside a stored ``Recorded`` state (``{"hash":..,"timestamp":..,
-    "record":<JSON>}``, as ``LedgerMapper`` writes it), without parsing it again."""
-    at = stored.find(_RECORD_KEY, 80)
-    return stored[at + len(_RECORD_KEY) : -1] if at > 0 and stored.endswith(b"}") else None
 
 
 def _epoch(received_at: str) -> float:

@@ -168,7 +168,7 @@ def _prove(ledger: Ledger, tenant: str, boundaries: list[tuple[int, bytes]]) -> 
                     f"tenant {tenant!r}: the restored record at seq {version - 1} does not "
                     "read back as it was written"
                 )
-            tree.append_leaf(line)
+            tree.extend_leaves((line,))
             if tree.size == size:
                 if tree.root() != root:
                     raise RestoreError(

@@ -20,7 +20,6 @@ the same key with the same content.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import re
 import zlib
 from dataclasses import dataclass
@@ -122,10 +121,6 @@ class Segment:
         return object_key(
             prefix, self.tenant, self.first_seq, self.last_seq, self.first_received_at, kind
         )
-
-    def record_hashes(self) -> list[str]:
-        """Each record's chain ``hash``."""
-        return [hashlib.sha256(line).hexdigest() for line in self.lines]
 
 
 def compress(body: bytes) -> bytes:

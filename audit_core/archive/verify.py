@@ -466,7 +466,7 @@ class ArchiveVerifier:
             prev_hash = sha256_hex(line)
             hashes.append(prev_hash)
             if tree is not None:
-                tree.append_leaf(line)
+                tree.extend_leaves((line,))
         if prev_hash != facts.last_hash:
             return invalid("its last record's hash is not the one its digest states")
         if tree is not None and (tree.size, tree.hashes) != (digest.tree.size, digest.tree.hashes):

@@ -151,8 +151,7 @@ class ArchiveWriter:
                 f"archive at {head.next_seq}"
             )
         tree = head.tree.copy()
-        for line in segment.lines:
-            tree.append_leaf(line)
+        tree.extend_leaves(segment.lines)
         attestation = self.attestor.attest(segment.tenant, tree.size, tree.root())
         if attestation is None:
             return None
@@ -160,7 +159,7 @@ class ArchiveWriter:
         data = compress(body)
         key = segment.key(self.prefix)
         stored = self._put_once(key, data, SEGMENT_TYPE, head.unchecked)
-        hashes = segment.record_hashes()
+        last_hash = sha256_hex(segment.lines[-1])
         digest = Digest(
             tenant=segment.tenant,
             origin=self.keys.origin(segment.tenant),
@@ -176,7 +175,7 @@ class ArchiveWriter:
                 first_received_at=segment.first_received_at,
                 last_received_at=segment.last_received_at,
                 first_prev_hash=head.last_hash,
-                last_hash=hashes[-1],
+                last_hash=last_hash,
             ),
             tree=tree,
             checkpoint=attestation.checkpoint,
@@ -189,7 +188,7 @@ class ArchiveWriter:
         return ChainHead(
             segment.tenant,
             next_seq=segment.last_seq + 1,
-            last_hash=hashes[-1],
+            last_hash=last_hash,
             tree=tree,
             link=Link(digest_key, written.version_id, sha256_hex(note)),
             unchecked=False,

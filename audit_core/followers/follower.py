@@ -148,3 +148,8 @@ class Sink(Follower):
         """Called with :meth:`tick`: deliver what is held back if it is due; return a
         newly confirmed position, or ``None``."""
         return None
+
+    def settle(self) -> int | None:
+        """``flush``, then wait for whatever is still on its way: what a drain ends
+        with, so that what it read is delivered when it returns."""
+        return self.flush()

@@ -340,6 +340,8 @@ class FollowerRunner:
             if progress is not None:
                 progress(self._cursor or 0)
             if processed < self.page_size:
+                if isinstance(self.follower, Sink):
+                    self._confirm(self.follower.settle())
                 return total
 
     def status(self) -> FollowerStatus:

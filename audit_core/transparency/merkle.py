@@ -281,34 +281,41 @@ class MemoryTree:
 
 
 class Frontier:
-    """The roots of the complete subtrees along a growing tree's right edge: the tree's
-    root at every size from O(log n) hashes, for checking a log against checkpoints in
-    one pass."""
+    """The roots of the complete subtrees along a growing tree's right edge, largest
+    first: the tree's root at every size from O(log n) hashes, for checking a log
+    against checkpoints in one pass and for resuming an archive's tree."""
 
-    def __init__(self) -> None:
-        self.size = 0
-        self._stack: list[bytes] = []
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()):
+        self.size = size
+        self.hashes = list(hashes)
 
     def append(self, value: bytes) -> None:
+        """Add a leaf hash."""
         self.extend((value,))
 
     def extend(self, values: Iterable[bytes]) -> None:
-        stack, size, sha256 = self._stack, self.size, _sha256
+        """Add leaf hashes."""
+        hashes, size, sha256 = self.hashes, self.size, _sha256
         for value in values:
             size += 1
-            stack.append(value)
+            hashes.append(value)
             # One merge per trailing zero bit of the new size.
             merges = size
             while not merges & 1:
-                right = stack.pop()
-                stack[-1] = sha256(b"\x01" + stack[-1] + right).digest()
+                right = hashes.pop()
+                hashes[-1] = sha256(b"\x01" + hashes[-1] + right).digest()
                 merges >>= 1
         self.size = size
 
+    def extend_leaves(self, leaves: Iterable[bytes]) -> None:
+        """Add leaves (records' canonical bytes)."""
+        sha256 = _sha256
+        self.extend([sha256(b"\x00" + leaf).digest() for leaf in leaves])
+
     def root(self) -> bytes:
-        if not self._stack:
+        if not self.hashes:
             return EMPTY_ROOT
-        result = self._stack[-1]
-        for value in reversed(self._stack[:-1]):
+        result = self.hashes[-1]
+        for value in reversed(self.hashes[:-1]):
             result = node_hash(value, result)
         return result
