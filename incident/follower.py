@@ -141,6 +141,14 @@ class PostgresDetectorRecorder(PostgresProcessRecorder):
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[Any], **kwargs: Any
     ) -> None:
+        # The position first, as on SQLite. The library writes it with a RETURNING
+        # insert on this cursor and reads the row back, in pipeline mode: statements
+        # queued on the cursor before it (the state's, whose results nothing reads)
+        # may have their results delivered while the position's insert is sent, and
+        # the read then finds one of theirs ("INSERT 0 1", no rows) instead of its own.
+        # After it, the state's writes are only queued; they fail the transaction at
+        # its sync like any other statement of it.
+        super()._insert_events(curs, stored_events, **kwargs)
         changes: StateChanges | None = kwargs.get(_STATE_KWARG)
         if changes:
             upserts, deletes = _rows(changes)
@@ -159,7 +167,6 @@ class PostgresDetectorRecorder(PostgresProcessRecorder):
                     ).format(self._state),
                     upserts,
                 )
-        super()._insert_events(curs, stored_events, **kwargs)
 
     def select_detector_state(self) -> dict[StateKey, Any]:
         with self.datastore.transaction(commit=False) as curs:

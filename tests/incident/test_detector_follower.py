@@ -4,6 +4,7 @@ evidence), and the detector's state, incidents and position move together."""
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Tracking
+from psycopg import Cursor
+from psycopg.rows import DictRow
 
 from audit_core import Ledger
 from audit_core.domain import client_content
@@ -19,11 +22,16 @@ from audit_core.followers import FollowerRunner, FollowerStore, Page, open_store
 from incident.application import Incidents
 from incident.detector import Detector
 from incident.domain import Actor
-from incident.follower import FOLLOWER_NAME, STATE_TABLE, DetectorFollower
+from incident.follower import (
+    FOLLOWER_NAME,
+    STATE_TABLE,
+    DetectorFollower,
+    PostgresDetectorRecorder,
+)
 from incident.rules import Rule, load_rules
 from incident.runbooks import RunbookCatalogue
 from incident.simulation import Event, Tenant
-from tests.stores import Store
+from tests.stores import PostgresStore, Store
 
 RULES = Path(__file__).resolve().parents[2] / "runbooks" / "rules"
 ATTACK_AT = datetime(2026, 11, 17, 11, 0, tzinfo=UTC)
@@ -178,6 +186,46 @@ def test_a_page_written_twice_is_refused_whole(deployment: Deployment) -> None:
     assert other.sink.load_state() == state
     assert other.detector.state == state  # reloaded: memory never runs ahead of the database
     assert other.position() == page.position
+
+
+def test_a_page_is_written_whole_when_postgres_answers_its_state_before_its_position_is_sent(
+    postgres_store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's writes go to PostgreSQL pipelined, in one transaction, and the library
+    reads back the row of the position's insert. On a loaded machine the database's
+    answers to the statements sent before it may have arrived by the time that insert
+    is sent. When the state was written first, the read found the last state write's
+    answer and the page failed ("the last operation didn't produce records (command
+    status: INSERT 0 1)") until the runner retried it."""
+    deployment = Deployment(postgres_store)
+    try:
+        follower = deployment.follower()
+        recorder = follower.incidents.detector_recorder
+        assert isinstance(recorder, PostgresDetectorRecorder)
+        write_position = recorder._insert_tracking
+
+        def answered_so_far(curs: Cursor[DictRow], tracking: Tracking) -> None:
+            # As when the database is quicker than the detector's process: what it has
+            # run so far is answered, and the answers are in before the insert is sent.
+            pgconn = curs.connection.pgconn
+            pgconn.send_flush_request()
+            pgconn.flush()
+            select.select([curs.connection.fileno()], [], [], 5)
+            write_position(curs, tracking)
+
+        monkeypatch.setattr(recorder, "_insert_tracking", answered_so_far)
+        attack = deployment.brute_force(attempts=12)
+        notes = deployment.ledger.ledger_recorder.recorded_after(0, 1000)
+        page = Page(FOLLOWER_NAME, notes.ids, notes.states, deployment.ledger.ledger_mapper)
+        follower.handle(page)
+        [incident] = deployment.listed()
+        assert evidence_seqs(deployment.incidents, incident["id"]) == [r["seq"] for r in attack]
+        assert follower.position() == page.position
+        state = follower.sink.load_state()
+        assert state, "the page changed the detector's state"
+        assert follower.detector.state == state
+    finally:
+        deployment.close()
 
 
 def test_once_the_incident_is_resolved_the_next_attack_opens_a_new_one(
