@@ -315,6 +315,16 @@ def verify(
             "--checkpoint", help="A signed checkpoint kept from earlier: the log must extend it."
         ),
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Processes reading each long log in ranges at once (a break found is "
+            "then located by one process).",
+        ),
+    ] = 1,
 ) -> None:
     """Recompute every chain from storage; report the first bad seq of each tenant.
     With a transparency log, also recompute each tenant's tree and check it against
@@ -339,7 +349,9 @@ def verify(
                 # The tree is recomputed from the leaves the chain check reads: one pass.
                 leaves = check if check is not None and check.needs_records else None
                 reports.append(
-                    verify_tenant(ledger, log.tenant, lambda n: progress.advance(task, n), leaves)
+                    verify_tenant(
+                        ledger, log.tenant, lambda n: progress.advance(task, n), leaves, jobs
+                    )
                 )
             trees = [check.finish() for check in checks.values()]
     for report in reports:

@@ -223,8 +223,15 @@ class LedgerRecorder:
         """Every record of a log in version order, a page at a time, in constant memory."""
         return (Page(page.versions, page.states) for page in self.checked_pages(log_id))
 
-    def checked_pages(self, log_id: UUID) -> Iterator[CheckedPage]:
-        """``record_pages``, each page also saying which rows have another topic."""
+    def checked_pages(
+        self, log_id: UUID, after: int = 0, until: int | None = None
+    ) -> Iterator[CheckedPage]:
+        """``record_pages``, each page also saying which rows have another topic; only
+        versions above ``after`` and up to ``until``, if given."""
+        raise NotImplementedError
+
+    def max_version(self, log_id: UUID) -> int | None:
+        """The highest version a log holds, of any topic."""
         raise NotImplementedError
 
     def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
@@ -377,6 +384,9 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             "SELECT notification_id, state, topic FROM {schema}.{events} "
             "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(schema=schema, events=events)
+        self.max_version_statement = SQL(
+            "SELECT max(originator_version) AS max FROM {schema}.{events} WHERE originator_id = %s"
+        ).format(schema=schema, events=events)
         self.next_version_statement = SQL(
             "SELECT min(originator_version) AS next FROM {schema}.{events} "
             "WHERE originator_id = %s AND originator_version > %s"
@@ -437,8 +447,16 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
             curs.execute(self.lookup_ids_statement, (log_id, list(keys)), prepare=True)
             return {bytes(row["id_key"]): row["seq"] for row in curs.fetchall()}
 
-    def checked_pages(self, log_id: UUID) -> Iterator[CheckedPage]:
-        return prefetched(lambda: self._read_pages(log_id))
+    def checked_pages(
+        self, log_id: UUID, after: int = 0, until: int | None = None
+    ) -> Iterator[CheckedPage]:
+        return prefetched(lambda: self._read_pages(log_id, after, until))
+
+    def max_version(self, log_id: UUID) -> int | None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.max_version_statement, (log_id,), prepare=True)
+            row = curs.fetchone()
+            return None if row is None or row["max"] is None else int(row["max"])
 
     def select_states(self, log_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
         if not versions:
@@ -469,18 +487,20 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder, LedgerRecorder):
                 position = rows[-1][0]
         return Notes(ids, states)
 
-    def _read_pages(self, log_id: UUID) -> Generator[CheckedPage]:
-        after = 0
+    def _read_pages(self, log_id: UUID, after: int, until: int | None) -> Generator[CheckedPage]:
         with self.datastore.get_connection() as conn:
-            while True:
-                last = after + _PAGE_SIZE
+            while until is None or after < until:
+                last = after + _PAGE_SIZE if until is None else min(after + _PAGE_SIZE, until)
                 with conn.cursor(binary=True, row_factory=tuple_row) as curs:
                     curs.execute(self.record_page_statement, (log_id, after, last), prepare=True)
                     rows = curs.fetchall()
                 if rows:
                     yield _checked_page(rows)
+                if last == until:
+                    return
+                missing = len(rows) < last - after
                 after = last
-                if len(rows) < _PAGE_SIZE:
+                if missing:
                     # Missing versions: skip to the next one stored, if any.
                     with conn.cursor() as curs:
                         curs.execute(self.next_version_statement, (log_id, last), prepare=True)
@@ -597,15 +617,17 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
         )
         return Notes([n.id for n in notifications], [n.state for n in notifications])
 
-    def checked_pages(self, log_id: UUID) -> Iterator[CheckedPage]:
-        after = 0
+    def checked_pages(
+        self, log_id: UUID, after: int = 0, until: int | None = None
+    ) -> Iterator[CheckedPage]:
+        last = (1 << 62) if until is None else until
         while True:
             with self.datastore.transaction(commit=False) as c:
                 c.execute(
                     f"SELECT originator_version, state, topic FROM {self.events_table_name} "
                     "WHERE originator_id = ? AND originator_version > ? "
-                    "ORDER BY originator_version LIMIT ?",
-                    [log_id.hex, after, _PAGE_SIZE],
+                    "AND originator_version <= ? ORDER BY originator_version LIMIT ?",
+                    [log_id.hex, after, last, _PAGE_SIZE],
                 )
                 rows = c.fetchall()
             if not rows:
@@ -614,6 +636,16 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder, LedgerRecorder):
             if len(rows) < _PAGE_SIZE:
                 return
             after = rows[-1][0]
+
+    def max_version(self, log_id: UUID) -> int | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT max(originator_version) AS max FROM {self.events_table_name} "
+                "WHERE originator_id = ?",
+                [log_id.hex],
+            )
+            row = c.fetchone()
+            return None if row is None or row["max"] is None else int(row["max"])
 
     def max_indexed_seq(self, log_id: UUID) -> int | None:
         with self.datastore.transaction(commit=False) as c:

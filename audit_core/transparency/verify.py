@@ -20,7 +20,6 @@ consistent with the next: no two of them can contradict each other.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +131,12 @@ class TreeCheck:
         signed.sort(key=lambda s: s.size)
         self.signed = signed
         self.report.latest = signed[-1].size if signed else None
+        self._found = list(self.report.problems)
+        """What the checkpoints themselves show, whatever the records."""
+        self.restart()
+
+    def restart(self) -> None:
+        self.report.problems = list(self._found)
         self.frontier = Frontier()
         self.leaves = bytearray()
         """Every leaf hash so far, to locate the first bad seq when a root differs."""
@@ -144,20 +149,18 @@ class TreeCheck:
     def needs_records(self) -> bool:
         return bool(self.signed)
 
-    def add(self, leaves: Sequence[bytes]) -> bool:
+    def add(self, leaf_hashes: Sequence[bytes]) -> bool:
         frontier, signed = self.frontier, self.signed
         if not signed:
             return False
-        sha256 = hashlib.sha256
-        values = [sha256(b"\x00" + leaf).digest() for leaf in leaves]
-        self.leaves += b"".join(values)
+        self.leaves += b"".join(leaf_hashes)
         at = 0
-        while at < len(values):
+        while at < len(leaf_hashes):
             # Up to the next checkpoint's size, whose root is compared there.
-            take = len(values) - at
+            take = len(leaf_hashes) - at
             if self.index < len(signed):
                 take = min(take, signed[self.index].size - frontier.size)
-            frontier.extend(values[at : at + take])
+            frontier.extend(leaf_hashes[at : at + take])
             at += take
             self._compare_due()
         return not (frontier.size >= signed[-1].size and self.report.problems)
@@ -249,11 +252,12 @@ def verify_tree(
     keys: Sequence[Verifier],
     kept: Iterable[str] = (),
     progress: Progress | None = None,
+    jobs: int = 1,
 ) -> TreeReport:
     """The tree checks of a tenant alone (``vigil verify`` runs them in the chain's pass)."""
     check = TreeCheck(store, tenant, keys, kept)
     if check.needs_records and ledger.has_log(tenant):
-        verify_tenant(ledger, tenant, progress, check)
+        verify_tenant(ledger, tenant, progress, check, jobs)
     return check.finish()
 
 

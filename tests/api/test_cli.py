@@ -334,6 +334,21 @@ def test_verify_json_names_the_first_bad_seq_and_exits_1(vigil: Vigil) -> None:
     assert report["records"] == 2
 
 
+def test_verify_with_jobs_reads_logs_in_ranges_and_reports_the_same(
+    vigil: Vigil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules["audit_core.verify"], "_RANGE", 2)
+    seed(vigil.ledger())
+    intact = vigil("verify", "--json", "--jobs", "2")
+    assert intact.exit_code == 0, intact.output
+    assert intact.stdout == vigil("verify", "--json").stdout
+    vigil.store.delete_seqs("acme", 3)
+    broken = vigil("verify", "--json", "--jobs", "2")
+    assert broken.exit_code == 1
+    assert broken.stdout == vigil("verify", "--json").stdout
+    assert '"first_bad_seq":3,"reason":"gap"' in broken.stdout
+
+
 def test_verify_with_no_logs_says_so_and_succeeds(vigil: Vigil) -> None:
     vigil.ledger()  # a store with a ledger in it, and no log yet
     result = vigil("verify")

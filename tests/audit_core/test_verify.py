@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import sys
 import uuid
+from collections.abc import Sequence
 
 import orjson
 import pytest
 
 from audit_core import DamagedLogError, Reason, TenantNotFoundError, verify, verify_tenant
+from audit_core.transparency.merkle import record_leaf_hash
 from tests.events import audit_events
 from tests.stores import Store
 from tests.tampering import Tampering, seed, tamperings
@@ -222,3 +225,59 @@ def test_a_read_by_id_that_the_id_index_points_elsewhere_is_refused(store: Store
     )
     with pytest.raises(DamagedLogError, match="points id 'a-1' at seq 4"):
         ledger.get("acme", "a-1")
+
+
+@pytest.fixture
+def short_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges of two records, so that a six-record log is read by worker processes."""
+    monkeypatch.setattr(sys.modules["audit_core.verify"], "_RANGE", 2)
+
+
+@pytest.mark.usefixtures("short_ranges")
+def test_an_intact_log_read_in_ranges_by_processes_reports_as_one_process_does(
+    store: Store,
+) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    leaves = RecordedLeaves()
+    report = verify_tenant(ledger, "acme", leaves=leaves, jobs=2)
+    assert report == verify_tenant(ledger, "acme")
+    assert (report.records, report.head_hash) == (6, ledger.head("acme")[1])
+    assert leaves.taken == [record_leaf_hash(r) for r in ledger.read("acme")]
+    assert leaves.restarts == 0
+
+
+@tamperings
+@pytest.mark.usefixtures("short_ranges")
+def test_tampering_found_in_a_range_is_reported_as_one_process_reports_it(
+    store: Store, tampering: Tampering
+) -> None:
+    ledger = store.open_ledger()
+    seed(ledger)
+    tampering.apply(store)
+    alone = verify_tenant(store.open_ledger(), "acme")
+
+    leaves = RecordedLeaves()
+    report = verify_tenant(store.open_ledger(), "acme", leaves=leaves, jobs=2)
+
+    assert report == alone
+    assert leaves.restarts <= 1, "the leaves are given again from seq 0 once, at most"
+
+
+class RecordedLeaves:
+    """A LeafCheck that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.taken: list[bytes] = []
+        self.restarts = 0
+
+    def add(self, leaf_hashes: Sequence[bytes]) -> bool:
+        self.taken += leaf_hashes
+        return True
+
+    def unreadable(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        self.taken.clear()
+        self.restarts += 1
