@@ -65,7 +65,7 @@ def _log(services: Services) -> TransparencyLog:
 
 def _reader(services: Services) -> TreeReader:
     log = _log(services)
-    return TreeReader(log.store, log.tile_cache)
+    return TreeReader(log.store, log.tile_cache, log.recent_checkpoints)
 
 
 def _json(body: dict[str, Any]) -> Response:

@@ -29,6 +29,7 @@ from audit_core.transparency.checkpoint import Checkpoint, sign_checkpoint, tena
 from audit_core.transparency.exceptions import ProofError, TransparencyError
 from audit_core.transparency.merkle import consistency_proof, leaf_hash, verify_consistency
 from audit_core.transparency.note import Signer
+from audit_core.transparency.proofs import RecentCheckpoints
 from audit_core.transparency.store import StoredCheckpoint, TreeStore, TreeUpdate
 from audit_core.transparency.tiles import GrowingTree, TileCache, TileHashes
 
@@ -79,6 +80,7 @@ class TransparencyLog(View):
         self.refusals: dict[str, str] = {}
         """Tenants whose new tree was refused a checkpoint, and why."""
         self.tile_cache = TileCache()
+        self.recent_checkpoints = RecentCheckpoints()
         """Full tiles hashed once for every proof this process serves."""
 
     # -- following ------------------------------------------------------------------------

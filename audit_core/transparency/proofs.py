@@ -8,6 +8,7 @@ no signature vouches for.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -35,12 +36,37 @@ class ConsistencyProof:
     checkpoint: StoredCheckpoint
 
 
+class RecentCheckpoints:
+    """Each tenant's latest checkpoint as last read, for proofs that a checkpoint up to
+    ``seconds`` old can serve: one query less per proof. A proof that needs a larger
+    tree reads the latest again, so a recent checkpoint never causes a refusal."""
+
+    def __init__(self, seconds: float = 1.0):
+        self.seconds = seconds
+        self._read: dict[str, tuple[float, StoredCheckpoint]] = {}
+
+    def get(self, tenant: str, covering: int) -> StoredCheckpoint | None:
+        found = self._read.get(tenant)
+        if found is None or time.monotonic() - found[0] > self.seconds:
+            return None
+        return found[1] if found[1].size >= covering else None
+
+    def put(self, tenant: str, checkpoint: StoredCheckpoint) -> None:
+        self._read[tenant] = (time.monotonic(), checkpoint)
+
+
 class TreeReader:
     """Reads one database's trees for proofs and tiles."""
 
-    def __init__(self, store: TreeStore, cache: TileCache | None = None):
+    def __init__(
+        self,
+        store: TreeStore,
+        cache: TileCache | None = None,
+        recent: RecentCheckpoints | None = None,
+    ):
         self.store = store
         self.cache = cache
+        self.recent = recent
 
     def latest(self, tenant: str) -> StoredCheckpoint:
         checkpoint = self.store.latest_checkpoint(tenant)
@@ -49,10 +75,19 @@ class TreeReader:
                 f"tenant {tenant!r} has no signed checkpoint yet; one is signed shortly "
                 "after its first record"
             )
+        if self.recent is not None:
+            self.recent.put(tenant, checkpoint)
         return checkpoint
 
-    def _size(self, tenant: str, size: int | None) -> tuple[int, StoredCheckpoint]:
-        latest = self.latest(tenant)
+    def _latest_covering(self, tenant: str, size: int) -> StoredCheckpoint:
+        """A recent checkpoint of at least ``size`` leaves, or else the latest."""
+        recent = self.recent.get(tenant, size) if self.recent is not None else None
+        return recent or self.latest(tenant)
+
+    def _size(
+        self, tenant: str, size: int | None, covering: int = 0
+    ) -> tuple[int, StoredCheckpoint]:
+        latest = self._latest_covering(tenant, max(size or 0, covering))
         if size is None:
             return latest.size, latest
         if size > latest.size:
@@ -77,7 +112,7 @@ class TreeReader:
     def inclusion(self, tenant: str, seq: int, size: int | None = None) -> InclusionProof:
         """The proof that the record at ``seq`` is in the tree of ``size`` (default:
         the latest checkpoint's)."""
-        tree_size, latest = self._size(tenant, size)
+        tree_size, latest = self._size(tenant, size, covering=seq + 1)
         if not 0 <= seq < tree_size:
             raise SizeError(
                 f"seq {seq} is not in the tree of tenant {tenant!r} of size {tree_size}"
@@ -109,7 +144,7 @@ class TreeReader:
     ) -> ConsistencyProof:
         """The proof that the tree of ``new_size`` (default: the latest checkpoint's)
         extends the tree of ``old_size``."""
-        tree_size, latest = self._size(tenant, new_size)
+        tree_size, latest = self._size(tenant, new_size, covering=old_size)
         if not 0 <= old_size <= tree_size:
             raise SizeError(
                 f"no consistency proof from size {old_size} to size {tree_size}: the old "

@@ -17,6 +17,7 @@ from audit_core.transparency import (
     verify_consistency,
     verify_inclusion,
 )
+from audit_core.transparency.proofs import RecentCheckpoints, TreeReader
 from audit_core.transparency.store import TreeUpdate
 from audit_core.transparency.tiles import TILE_BYTES, Tile, tiles_of
 from tests.stores import Store
@@ -85,6 +86,27 @@ def test_sizes_and_tiles_beyond_the_latest_checkpoint_are_refused(opened: Opened
     with pytest.raises(TileNotFoundError, match="not complete"):
         opened.reader.tile("acme", Tile(0, 0, 11))
     assert len(opened.reader.tile("acme", Tile(0, 0, 10))) == 320
+
+
+def test_a_recent_checkpoint_serves_proofs_it_covers_and_a_larger_tree_is_read_again(
+    opened: OpenedLog,
+) -> None:
+    reader = TreeReader(opened.trees, recent=RecentCheckpoints(seconds=3600))
+    opened.record("acme", 10)
+    opened.follow()
+    assert reader.inclusion("acme", 3).checkpoint.size == 10
+    opened.record("acme", 10, prefix="later")
+    opened.follow()
+    # Seq 3 is in the checkpoint of size 10, read a moment ago: that one serves it.
+    assert reader.inclusion("acme", 3).checkpoint.size == 10
+    # Seq 15 and size 20 are not: the latest is read again, never refused.
+    assert reader.inclusion("acme", 15).checkpoint.size == 20
+    assert reader.consistency("acme", 20).checkpoint.size == 20
+    assert reader.inclusion("acme", 3, size=20).size == 20
+    # What the API serves as the latest checkpoint is always read afresh.
+    opened.record("acme", 5, prefix="last")
+    opened.follow()
+    assert reader.latest("acme").size == 25
 
 
 def test_a_checkpoint_is_signed_after_n_records_or_t_seconds(store: Store) -> None:
