@@ -149,8 +149,10 @@ def verify_tenant(
 
 
 class _ChainBrokenError(Exception):
-    def __init__(self, reason: Reason, detail: str, seq: int | None = None) -> None:
-        self.reason, self.detail, self.seq = reason, detail, seq
+    """The chain breaks at the record being checked."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason, self.detail = reason, detail
 
 
 def _verify_chain(
@@ -180,9 +182,7 @@ def _verify_chain(
                         missing = f"seq {expected_seq}" + (
                             f" to {seq - 1}" if seq - 1 > expected_seq else ""
                         )
-                        raise _ChainBrokenError(
-                            Reason.GAP, f"{missing} missing from storage", expected_seq
-                        )
+                        raise _ChainBrokenError(Reason.GAP, f"{missing} missing from storage")
                     if version in misfiled:
                         raise _ChainBrokenError(
                             Reason.UNDECODABLE, "stored under another topic than Recorded"
@@ -201,8 +201,7 @@ def _verify_chain(
                     prev_hash = stored_hash
                     expected_seq += 1
                 except _ChainBrokenError as broken:
-                    at = expected_seq if broken.seq is None else broken.seq
-                    problem = ChainBreak(at, broken.reason, broken.detail)
+                    problem = ChainBreak(expected_seq, broken.reason, broken.detail)
                     if not wants_leaves:
                         break
                     leaf = _leaf_of(mapper, state)
