@@ -21,6 +21,7 @@ from typing import Any
 from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from audit_core.transparency.tiles import TileKey
@@ -243,9 +244,13 @@ class PostgresTreeStore(PostgresTrackingRecorder, TreeStore):
     ) -> list[tuple[Any, ...]]:
         if not commit:
             # A read on its own: no transaction block around it (one round trip).
-            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            # Binary: a tile's hashes as they are, not twice as many hex digits.
+            with (
+                self.datastore.get_connection() as conn,
+                conn.cursor(binary=True, row_factory=tuple_row) as curs,
+            ):
                 curs.execute(statement.replace("?", "%s"), list(params))
-                return [tuple(row.values()) for row in curs.fetchall()]
+                return curs.fetchall()
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(statement.replace("?", "%s"), list(params))
             if curs.description is None:

@@ -12,6 +12,7 @@ elements, all but the last prefixed with ``x`` (1234067 is ``x001/x234/067``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections import OrderedDict
@@ -22,7 +23,6 @@ from audit_core.transparency.exceptions import TileNotFoundError
 from audit_core.transparency.merkle import (
     HASH_SIZE,
     HashReader,
-    node_hash,
     perfect_root,
     tree_hash,
 )
@@ -134,8 +134,12 @@ def tile_levels(data: bytes) -> TileLevels:
     usable = len(data) - len(data) % HASH_SIZE
     level = [data[i : i + HASH_SIZE] for i in range(0, usable, HASH_SIZE)]
     levels = [level]
+    sha256 = hashlib.sha256  # node_hash inlined: a proof hashes up to 255 nodes per tile
     for _ in range(TILE_HEIGHT - 1):
-        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = [
+            sha256(b"\x01" + left + right).digest()
+            for left, right in zip(level[0::2], level[1::2], strict=False)
+        ]
         levels.append(level)
     return levels
 
