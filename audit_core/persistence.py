@@ -145,15 +145,23 @@ class LedgerMapper(Mapper[UUID]):
         to its stored hash needs no decoding and re-encoding to be checked, placed in a
         tree or archived: that is what lets those read millions of records fast.
         """
+        parts = self.stored_parts(state)
+        if parts is None:
+            return None
+        stored_hash, raw, head = parts
+        if hashlib.sha256(raw).hexdigest() != stored_hash:
+            return None
+        return CanonicalRecord(bytes(raw), stored_hash, head)
+
+    def stored_parts(self, state: bytes) -> tuple[str, msgspec.Raw, RecordHead] | None:
+        """(stored hash, the record's JSON as stored, where it sits) of a well-formed
+        stored record, its JSON not copied and not yet checked against the hash; None
+        for anything else."""
         try:
             stored = _decode_stored(self.recorded_json(state))
-            head = _decode_head(stored.record)
+            return stored.hash, stored.record, _decode_head(stored.record)
         except (msgspec.DecodeError, MapperDeserialisationError):
             return None
-        canonical = bytes(stored.record)
-        if hashlib.sha256(canonical).hexdigest() != stored.hash:
-            return None
-        return CanonicalRecord(canonical, stored.hash, head)
 
     def checked_record(self, state: bytes) -> CanonicalRecord:
         """``canonical_record``, or else the record decoded and canonicalised. Raises

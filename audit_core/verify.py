@@ -321,7 +321,8 @@ def _intact_range(tenant: str, first_seq: int, last_seq: int) -> _IntactRange | 
     before; None at the first thing that is not so."""
     ledger = _worker_ledger
     assert ledger is not None
-    canonical_record = ledger.ledger_mapper.canonical_record
+    stored_parts = ledger.ledger_mapper.stored_parts
+    leaf_prefix = sha256(b"\x00")
     seq = first_seq
     first_prev_hash = prev_hash = ""
     hashes: list[bytes] = []
@@ -330,17 +331,21 @@ def _intact_range(tenant: str, first_seq: int, last_seq: int) -> _IntactRange | 
         if other_topics or versions[0] != seq + 1 or versions[-1] != seq + len(versions):
             return None
         for state in states:
-            found = canonical_record(state)
-            if found is None:
+            parts = stored_parts(state)
+            if parts is None:
                 return None
-            canonical, stored_hash, head = found
+            stored_hash, record, head = parts
+            if sha256(record).hexdigest() != stored_hash:
+                return None
             if head.seq != seq or head.tenant != tenant:
                 return None
             if seq == first_seq:
                 first_prev_hash = head.prev_hash
             elif head.prev_hash != prev_hash:
                 return None
-            hashes.append(sha256(b"\x00" + canonical).digest())
+            leaf = leaf_prefix.copy()
+            leaf.update(record)
+            hashes.append(leaf.digest())
             prev_hash = stored_hash
             seq += 1
     return _IntactRange(first_prev_hash, prev_hash, hashes) if seq == last_seq + 1 else None

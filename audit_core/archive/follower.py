@@ -3,8 +3,10 @@ writes them, with their digests, to S3.
 
 Records are held per tenant until a segment closes: at ``segment_records`` records, or
 on the runner's tick once its first record was received ``segment_seconds`` ago (by its
-``received_at``, so that a restart does not restart the wait). ``deliver``
-and ``flush`` return the highest notification id whose records are all in written
+``received_at``, so that a restart does not restart the wait). A closed segment is
+written by a thread while reading goes on, one write at a time per tenant (each digest
+names the one before); ``settle`` waits for the writes under way. ``deliver``, ``flush``
+and ``settle`` return the highest notification id whose records are all in written
 segments, so the runner's position never passes a record that is only in memory; after
 a crash the records after that position are read again, those already archived are
 recognised by their seq (S3's chain head says how far each tenant is) and the rest are
