@@ -73,5 +73,6 @@ def test_fuzzed_requests_of_every_role_get_no_5xx_and_answers_the_schema_declare
             try:
                 fuzz()
             except Exception as failure:  # collected, so one run reports every operation
-                failures.append(f"{operation.label}: {failure}")
+                details = "".join(f"\n  {sub!r}" for sub in getattr(failure, "exceptions", ()))
+                failures.append(f"{operation.label}: {failure}{details}")
         assert not failures, "\n\n".join(failures)
