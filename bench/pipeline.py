@@ -508,9 +508,9 @@ def report(args: argparse.Namespace, info: list[tuple[str, str]], runs: list[Run
         f"{INGEST_RATIO_TARGET:.0%}: {verdict(ratio >= INGEST_RATIO_TARGET)})"
     )
     for chosen in by_config.values():
-        for r in chosen:
+        for number, r in enumerate(chosen, start=1):
             slow = ", ".join(f"{name} {_seconds(s)}" for name, s in r.caught_up.items())
-            say(f"  caught up after the last answer, {r.config}: {slow}")
+            say(f"  caught up after the last answer, {r.config}, round {number}: {slow}")
 
     steady_rates = ", ".join(f"{r.steady.rate:,.0f}" for r in runs)
     say("")
