@@ -109,7 +109,8 @@ def verify_tenant(
     leaves: LeafCheck | None = None,
     jobs: int = 1,
 ) -> TenantReport:
-    """Check one tenant's whole chain; ``progress`` is told how many records each step did.
+    """Check one tenant's whole chain; ``progress`` is told how many records each step did
+    (a negative count when records told of are to be read again).
 
     ``leaves`` is given every record's leaf hash in the same pass, up to the first
     record that cannot be decoded, after a break of the chain too. With ``jobs`` above
@@ -368,6 +369,7 @@ def _verify_intact_in_parallel(
     ends = [min(start + _RANGE, size) - 1 for start in starts]
     prev_hash = GENESIS_HASH
     wants_leaves = leaves is not None
+    reported = 0
     context = multiprocessing.get_context("spawn")  # forking a process with threads is unsafe
     with ProcessPoolExecutor(
         jobs, context, initializer=_open_worker_ledger, initargs=(dict(ledger.env),)
@@ -375,14 +377,18 @@ def _verify_intact_in_parallel(
         for intact in pool.map(functools.partial(_intact_range, tenant), starts, ends):
             if intact is None or intact.first_prev_hash != prev_hash:
                 pool.shutdown(cancel_futures=True)
+                # The log is read again from seq 0: what was told is taken back.
                 if leaves is not None:
                     leaves.restart()
+                if progress is not None and reported:
+                    progress(-reported)
                 return None
             prev_hash = intact.last_hash
             if leaves is not None and wants_leaves:
                 wants_leaves = leaves.add(intact.leaf_hashes)
             if progress is not None:
                 progress(len(intact.leaf_hashes))
+                reported += len(intact.leaf_hashes)
     return TenantReport(tenant, size, prev_hash)
 
 

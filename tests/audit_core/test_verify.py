@@ -255,13 +255,16 @@ def test_tampering_found_in_a_range_is_reported_as_one_process_reports_it(
     ledger = store.open_ledger()
     seed(ledger)
     tampering.apply(store)
-    alone = verify_tenant(store.open_ledger(), "acme")
+    counted_alone: list[int] = []
+    alone = verify_tenant(store.open_ledger(), "acme", counted_alone.append)
 
     leaves = RecordedLeaves()
-    report = verify_tenant(store.open_ledger(), "acme", leaves=leaves, jobs=2)
+    counted: list[int] = []
+    report = verify_tenant(store.open_ledger(), "acme", counted.append, leaves=leaves, jobs=2)
 
     assert report == alone
     assert leaves.restarts <= 1, "the leaves are given again from seq 0 once, at most"
+    assert sum(counted) == sum(counted_alone), "progress read again is taken back first"
 
 
 class RecordedLeaves:
