@@ -24,6 +24,7 @@ from audit_core.domain import tenant_log_id
 from audit_core.exceptions import TenantNotFoundError
 from audit_core.persistence import LedgerMapper
 from audit_core.schema import check_tenant
+from audit_core.transparency.merkle import leaf_hash
 
 
 class Reason(enum.StrEnum):
@@ -215,9 +216,7 @@ def _verify_chain(
         if progress is not None:
             progress(len(versions))
         if leaves is not None and wants_leaves:
-            if page_leaves and not leaves.add(
-                [sha256(b"\x00" + leaf).digest() for leaf in page_leaves]
-            ):
+            if page_leaves and not leaves.add([leaf_hash(leaf) for leaf in page_leaves]):
                 wants_leaves = False
             elif leaf is None:
                 leaves.unreadable()
@@ -344,7 +343,7 @@ def _intact_range(tenant: str, first_seq: int, last_seq: int) -> _IntactRange | 
                 first_prev_hash = head.prev_hash
             elif head.prev_hash != prev_hash:
                 return None
-            leaf = leaf_prefix.copy()
+            leaf = leaf_prefix.copy()  # leaf_hash, without copying the record's bytes
             leaf.update(record)
             hashes.append(leaf.digest())
             prev_hash = stored_hash

@@ -80,8 +80,8 @@ class TransparencyLog(View):
         self.refusals: dict[str, str] = {}
         """Tenants whose new tree was refused a checkpoint, and why."""
         self.tile_cache = TileCache()
-        self.recent_checkpoints = RecentCheckpoints()
         """Full tiles hashed once for every proof this process serves."""
+        self.recent_checkpoints = RecentCheckpoints()
 
     # -- following ------------------------------------------------------------------------
 

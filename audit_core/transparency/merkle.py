@@ -309,8 +309,7 @@ class Frontier:
 
     def extend_leaves(self, leaves: Iterable[bytes]) -> None:
         """Add leaves (records' canonical bytes)."""
-        sha256 = _sha256
-        self.extend([sha256(b"\x00" + leaf).digest() for leaf in leaves])
+        self.extend([leaf_hash(leaf) for leaf in leaves])
 
     def root(self) -> bytes:
         if not self.hashes:
