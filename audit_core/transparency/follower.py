@@ -80,7 +80,7 @@ class TransparencyLog(View):
         self.refusals: dict[str, str] = {}
         """Tenants whose new tree was refused a checkpoint, and why."""
         self.tile_cache = TileCache()
-        """Full tiles hashed once for every proof this process serves."""
+        """Tiles' levels, read once for every proof this process serves."""
         self.recent_checkpoints = RecentCheckpoints()
 
     # -- following ------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class TransparencyLog(View):
             tree.signed_size, tree.signed_root = latest.size, latest.root
             return None
         if latest is not None:
-            hashes = TileHashes(lambda keys: self.store.read_tiles(tenant, keys))
+            hashes = TileHashes(lambda keys: self.store.read_stored_tiles(tenant, keys))
             try:
                 proof = consistency_proof(latest.size, size, hashes.read)
                 verify_consistency(latest.size, size, latest.root, root, proof)

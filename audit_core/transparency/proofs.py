@@ -100,7 +100,9 @@ class TreeReader:
         return size, latest
 
     def _hashes(self, tenant: str) -> TileHashes:
-        return TileHashes(lambda keys: self.store.read_tiles(tenant, keys), self.cache, tenant)
+        return TileHashes(
+            lambda keys: self.store.read_stored_tiles(tenant, keys), self.cache, tenant
+        )
 
     def leaf_hash(self, tenant: str, seq: int) -> bytes:
         data = self.store.read_tiles(tenant, [(0, seq // TILE_WIDTH)]).get((0, seq // TILE_WIDTH))
@@ -119,7 +121,7 @@ class TreeReader:
                 + (" (the latest checkpoint)" if size is None else "")
             )
         tiles = self._hashes(tenant)
-        tiles.plan(lambda read: inclusion_proof(seq, tree_size, read), (0, seq // TILE_WIDTH))
+        tiles.plan(lambda read: (read(0, seq), inclusion_proof(seq, tree_size, read)))
         hashes = inclusion_proof(seq, tree_size, tiles.read)
         return InclusionProof(seq, tree_size, tiles.read(0, seq), hashes, latest)
 

@@ -2,8 +2,8 @@
 database (SQLite or PostgreSQL).
 
 - ``tlog_tiles``: one row per tile, (tenant, level, index) → up to 256 hashes; the
-  rightmost tile of each level grows in place until full, and is then never written
-  again;
+  rightmost tile of each level grows in place until full, and is then written once
+  more with its inner nodes (``inner_nodes``, for proofs) and never again;
 - ``tlog_trees``: each tenant's tree size and the chain hash of its last leaf;
 - ``tlog_checkpoints``: every signed checkpoint, (tenant, size) → root and note. Rows
   are only ever inserted: clearing the tree for a rebuild keeps them, so the rebuilt
@@ -14,7 +14,7 @@ Tiles, sizes and the follower's position are written in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from audit_core.transparency.tiles import TileKey
+from audit_core.transparency.tiles import StoredTile, TileKey
 
 TILES = "tlog_tiles"
 TREES = "tlog_trees"
@@ -38,8 +38,8 @@ class TreeUpdate:
     tenant: str
     size: int
     head_hash: str
-    tiles: Sequence[tuple[int, int, bytes]]
-    """(level, index, hashes) of the tiles it changed."""
+    tiles: Sequence[tuple[int, int, bytes, bytes | None]]
+    """(level, index, hashes, inner nodes once full) of the tiles it changed."""
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,13 @@ class TreeStore(TrackingRecorder):
     # -- shared queries -------------------------------------------------------------------
 
     def _upserts(self, updates: Sequence[TreeUpdate]) -> list[tuple[str, list[Sequence[Any]]]]:
-        tiles = [
-            (update.tenant, level, index, data)
-            for update in updates
-            for level, index, data in update.tiles
-        ]
+        tiles = [(update.tenant, *tile) for update in updates for tile in update.tiles]
         trees = [(update.tenant, update.size, update.head_hash) for update in updates]
         return [
             (
-                f"INSERT INTO {self._tiles} (tenant, level, idx, hashes) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (tenant, level, idx) DO UPDATE SET hashes = excluded.hashes",
+                f"INSERT INTO {self._tiles} (tenant, level, idx, hashes, inner_nodes) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, level, idx) DO UPDATE SET "
+                "hashes = excluded.hashes, inner_nodes = excluded.inner_nodes",
                 tiles,  # type: ignore[list-item]
             ),
             (
@@ -97,19 +94,30 @@ class TreeStore(TrackingRecorder):
         ]
 
     def read_tiles(self, tenant: str, keys: Sequence[TileKey]) -> dict[TileKey, bytes]:
-        found: dict[TileKey, bytes] = {}
+        return {key: bytes(row[0]) for key, row in self._tile_rows(tenant, keys, "hashes")}
+
+    def read_stored_tiles(self, tenant: str, keys: Sequence[TileKey]) -> dict[TileKey, StoredTile]:
+        """Tiles with the inner nodes of those stored full (for proofs)."""
+        return {
+            key: (bytes(row[0]), None if row[1] is None else bytes(row[1]))
+            for key, row in self._tile_rows(tenant, keys, "hashes, inner_nodes")
+        }
+
+    def _tile_rows(
+        self, tenant: str, keys: Sequence[TileKey], columns: str
+    ) -> Iterator[tuple[TileKey, tuple[Any, ...]]]:
         for start in range(0, len(keys), 200):
             chunk = keys[start : start + 200]
             condition = " OR ".join(["(level = ? AND idx = ?)"] * len(chunk))
             params: list[Any] = [tenant]
             for level, index in chunk:
                 params += [level, index]
-            rows = self._select(
-                f"SELECT level, idx, hashes FROM {self._tiles} WHERE tenant = ? AND ({condition})",
+            for row in self._select(
+                f"SELECT level, idx, {columns} FROM {self._tiles} "
+                f"WHERE tenant = ? AND ({condition})",
                 params,
-            )
-            found.update({(int(row[0]), int(row[1])): bytes(row[2]) for row in rows})
-        return found
+            ):
+                yield (int(row[0]), int(row[1])), row[2:]
 
     def tree(self, tenant: str) -> tuple[int, str] | None:
         """(size, hash of the last leaf's record) of a tenant's tree, if it has one."""
@@ -189,11 +197,19 @@ class SQLiteTreeStore(SQLiteTrackingRecorder, TreeStore):
         return [
             *super().construct_create_table_statements(),
             f"CREATE TABLE IF NOT EXISTS {TILES} ({_TILE_COLUMNS}, hashes BLOB NOT NULL, "
-            "PRIMARY KEY (tenant, level, idx)) WITHOUT ROWID",
+            "inner_nodes BLOB, PRIMARY KEY (tenant, level, idx)) WITHOUT ROWID",
             f"CREATE TABLE IF NOT EXISTS {TREES} ({_TREE_COLUMNS})",
             f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} ({_CHECKPOINT_COLUMNS}, root BLOB NOT NULL, "
             "PRIMARY KEY (tenant, size))",
         ]
+
+    def create_table(self) -> None:
+        super().create_table()
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"PRAGMA table_info({TILES})")
+            if "inner_nodes" not in [row[1] for row in c.fetchall()]:
+                # Trees kept before inner nodes were stored: proofs hash those tiles' nodes.
+                c.execute(f"ALTER TABLE {TILES} ADD COLUMN inner_nodes BLOB")
 
     def _select(
         self, statement: str, params: Sequence[Any], commit: bool = False
@@ -226,7 +242,11 @@ class PostgresTreeStore(PostgresTrackingRecorder, TreeStore):
         self._checkpoints = f'"{schema}".{CHECKPOINTS}'
         self._tracking = f'"{schema}"."{self.tracking_table_name}"'
         for table, columns in (
-            (TILES, f"{_TILE_COLUMNS}, hashes BYTEA NOT NULL, PRIMARY KEY (tenant, level, idx)"),
+            (
+                TILES,
+                f"{_TILE_COLUMNS}, hashes BYTEA NOT NULL, inner_nodes BYTEA, "
+                "PRIMARY KEY (tenant, level, idx)",
+            ),
             (TREES, _TREE_COLUMNS),
             (
                 CHECKPOINTS,
@@ -238,6 +258,12 @@ class PostgresTreeStore(PostgresTrackingRecorder, TreeStore):
                     schema=Identifier(schema), table=Identifier(table)
                 )
             )
+        # Trees kept before inner nodes were stored: proofs hash those tiles' nodes.
+        self.sql_create_statements.append(
+            SQL("ALTER TABLE {schema}.{table} ADD COLUMN IF NOT EXISTS inner_nodes BYTEA").format(
+                schema=Identifier(schema), table=Identifier(TILES)
+            )
+        )
 
     def _select(
         self, statement: str, params: Sequence[Any], commit: bool = False

@@ -8,6 +8,11 @@ until it is full, and is served as ``.p/<W>`` for any width its hashes already f
 
 Path of a tile: ``tile/<L>/<N>[.p/<W>]``, where ``N`` is written as three-digit path
 elements, all but the last prefixed with ``x`` (1234067 is ``x001/x234/067``).
+
+A full tile is stored with its inner nodes (the roots of its complete subtrees of 2 to
+128 hashes), which the follower hashes anyway when the tile fills: a proof then slices
+the nodes it needs instead of hashing 254 of them. They are not part of the tile that
+is served, and verification never reads them.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import hashlib
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from audit_core.transparency.exceptions import TileNotFoundError
 from audit_core.transparency.merkle import (
     HASH_SIZE,
     HashReader,
+    node_hash,
     perfect_root,
     tree_hash,
 )
@@ -34,8 +40,21 @@ MAX_LEVEL = 63
 
 TileKey = tuple[int, int]
 """(level, index) of a tile."""
+INNER_BYTES = (TILE_WIDTH - 2) * HASH_SIZE
+"""A full tile's inner nodes: the 128 + 64 + ... + 2 roots below the tile's own root."""
+
 TileReader = Callable[[list[TileKey]], dict[TileKey, bytes]]
 """Reads the stored bytes of tiles (as many hashes as they hold so far)."""
+StoredTile = tuple[bytes, bytes | None]
+"""A tile's hashes and, for a full tile that has them stored, its inner nodes."""
+StoredTileReader = Callable[[list[TileKey]], Mapping[TileKey, StoredTile]]
+
+
+def hashes_only(read_tiles: TileReader) -> StoredTileReader:
+    """A reader of tiles without their stored inner nodes: each is hashed again from
+    the tile's own hashes (what verification does, trusting nothing else stored)."""
+    return lambda keys: {key: (data, None) for key, data in read_tiles(keys).items()}
+
 
 _PATH = re.compile(r"tile/(0|[1-9][0-9]?)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?")
 
@@ -105,9 +124,16 @@ def tiles_of(size: int) -> list[Tile]:
 
 def tile_keys_for(height: int, index: int) -> TileKey:
     """The tile that holds the complete subtree (height, index)."""
-    level = height // TILE_HEIGHT
+    return _placed(height, index)[0]
+
+
+def _placed(height: int, index: int) -> tuple[TileKey, int]:
+    """The tile that holds subtree (height, index), and how many of its hashes the
+    subtree needs the tile to hold (its width at least)."""
     first = index << (height % TILE_HEIGHT)
-    return level, first // TILE_WIDTH
+    return (height // TILE_HEIGHT, first // TILE_WIDTH), first % TILE_WIDTH + (
+        1 << (height % TILE_HEIGHT)
+    )
 
 
 def _subtree(data: bytes | bytearray, height: int, index: int) -> bytes:
@@ -125,107 +151,124 @@ def _subtree(data: bytes | bytearray, height: int, index: int) -> bytes:
     return perfect_root(hashes)
 
 
-TileLevels = list[list[bytes]]
-"""Every complete subtree inside a tile: ``levels[r][i]`` is the root of its entries
-``i * 2**r`` to ``(i + 1) * 2**r - 1``."""
+TileLevels = list[bytes]
+"""Every complete subtree inside a tile: ``levels[r]`` holds the roots of its entries
+``i * 2**r`` to ``(i + 1) * 2**r - 1``, for each i, one hash after another."""
 
 
-def tile_levels(data: bytes) -> TileLevels:
-    usable = len(data) - len(data) % HASH_SIZE
-    level = [data[i : i + HASH_SIZE] for i in range(0, usable, HASH_SIZE)]
+def tile_levels(data: bytes, inner: bytes | None = None) -> TileLevels:
+    """A tile's levels: sliced from its stored inner nodes when it has them, else hashed."""
+    if inner is not None and len(data) == TILE_BYTES and len(inner) == INNER_BYTES:
+        levels, offset = [data], 0
+        for rest in range(1, TILE_HEIGHT):
+            width = (TILE_WIDTH >> rest) * HASH_SIZE
+            levels.append(inner[offset : offset + width])
+            offset += width
+        return levels
+    level = data[: len(data) - len(data) % HASH_SIZE]
     levels = [level]
-    sha256 = hashlib.sha256  # node_hash inlined: a proof hashes up to 255 nodes per tile
+    sha256 = hashlib.sha256  # node_hash inlined: a tile has up to 254 inner nodes
     for _ in range(TILE_HEIGHT - 1):
-        level = [
-            sha256(b"\x01" + left + right).digest()
-            for left, right in zip(level[0::2], level[1::2], strict=False)
-        ]
+        level = b"".join(
+            [sha256(b"\x01" + level[i : i + 64]).digest() for i in range(0, len(level) - 63, 64)]
+        )
         levels.append(level)
     return levels
 
 
 class TileCache:
-    """The hashed levels of full tiles, which never change, shared by every proof of a
-    process (least recently used first out)."""
+    """Tiles' levels, shared by every proof of a process (least recently used first
+    out). A full tile never changes, and a partial one only grows: its levels serve any
+    proof that needs no more hashes than it held, and a wider read replaces it."""
 
     def __init__(self, max_tiles: int = 512):
         self.max_tiles = max_tiles
         self._tiles: OrderedDict[tuple[str, int, int], TileLevels] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, tenant: str, key: TileKey) -> TileLevels | None:
+    def get(self, tenant: str, key: TileKey, width: int) -> TileLevels | None:
+        """The levels of a tile holding at least ``width`` hashes, if cached."""
         with self._lock:
             levels = self._tiles.get((tenant, *key))
-            if levels is not None:
-                self._tiles.move_to_end((tenant, *key))
+            if levels is None or len(levels[0]) < width * HASH_SIZE:
+                return None
+            self._tiles.move_to_end((tenant, *key))
             return levels
 
     def put(self, tenant: str, key: TileKey, levels: TileLevels) -> None:
         with self._lock:
-            self._tiles[(tenant, *key)] = levels
+            held = self._tiles.get((tenant, *key))
+            if held is None or len(held[0]) < len(levels[0]):
+                self._tiles[(tenant, *key)] = levels
+            self._tiles.move_to_end((tenant, *key))
             while len(self._tiles) > self.max_tiles:
                 self._tiles.popitem(last=False)
 
 
 class TileHashes:
     """Complete-subtree hashes of a stored tree, read from its tiles (each tile read
-    and hashed once), for building proofs: ``hashes.read`` is a
-    :data:`~merkle.HashReader`."""
+    once), for building proofs: ``hashes.read`` is a :data:`~merkle.HashReader`."""
 
-    def __init__(self, read_tiles: TileReader, cache: TileCache | None = None, tenant: str = ""):
+    def __init__(
+        self, read_tiles: StoredTileReader, cache: TileCache | None = None, tenant: str = ""
+    ):
         self._read_tiles = read_tiles
         self._levels: dict[TileKey, TileLevels] = {}
         self._cache = cache
         self._tenant = tenant
 
-    def plan(self, run: Callable[[HashReader], object], *extra: TileKey) -> None:
-        """Read, in one query, every tile that ``run`` (a proof built from a reader) will
-        need, found by running it once on a reader that only notes the tiles."""
-        keys: set[TileKey] = set(extra)
+    def plan(self, run: Callable[[HashReader], object]) -> None:
+        """Read, in one query, every tile that ``run`` (built from a reader) will need,
+        found by running it once on a reader that only notes the tiles."""
+        needed: dict[TileKey, int] = {}
 
         def note(height: int, index: int) -> bytes:
-            keys.add(tile_keys_for(height, index))
+            key, width = _placed(height, index)
+            needed[key] = max(needed.get(key, 0), width)
             return bytes(HASH_SIZE)
 
         run(note)
-        self.prefetch(keys)
+        self.prefetch(needed)
 
-    def prefetch(self, keys: Iterable[TileKey]) -> None:
+    def prefetch(self, needed: Mapping[TileKey, int]) -> None:
+        """Read the tiles ``needed`` (key → how many hashes it must hold), unless held."""
         wanted: list[TileKey] = []
-        for key in keys:
-            if key in self._levels:
+        for key, width in needed.items():
+            held = self._levels.get(key)
+            if held is not None and len(held[0]) >= width * HASH_SIZE:
                 continue
-            cached = self._cache.get(self._tenant, key) if self._cache else None
+            cached = self._cache.get(self._tenant, key, width) if self._cache else None
             if cached is not None:
                 self._levels[key] = cached
             else:
                 wanted.append(key)
         if not wanted:
             return
-        for key, data in self._read_tiles(wanted).items():
-            levels = self._levels[key] = tile_levels(bytes(data))
-            if self._cache is not None and len(data) == TILE_BYTES:
+        for key, (data, inner) in self._read_tiles(wanted).items():
+            levels = self._levels[key] = tile_levels(bytes(data), inner and bytes(inner))
+            if self._cache is not None:
                 self._cache.put(self._tenant, key, levels)
 
     def read(self, height: int, index: int) -> bytes:
-        key = tile_keys_for(height, index)
-        if key not in self._levels:
-            self.prefetch([key])
+        key, width = _placed(height, index)
         levels = self._levels.get(key)
+        if levels is None or len(levels[0]) < width * HASH_SIZE:
+            self.prefetch({key: width})
+            levels = self._levels.get(key)
         if levels is None:
             raise TileNotFoundError(
                 f"tile {Tile(*key).path} is missing from the stored tree "
                 f"(needed for subtree height {height}, index {index})"
             )
         rest = height % TILE_HEIGHT
+        offset = index % (TILE_WIDTH >> rest) * HASH_SIZE
         row = levels[rest]
-        position = index % (TILE_WIDTH >> rest)
-        if position >= len(row):
+        if offset + HASH_SIZE > len(row):
             raise TileNotFoundError(
-                f"the stored tile {Tile(*key).path} holds {len(levels[0])} hashes; the "
-                f"tree is missing the subtree (height {height}, index {index})"
+                f"the stored tile {Tile(*key).path} holds {len(levels[0]) // HASH_SIZE} "
+                f"hashes; the tree is missing the subtree (height {height}, index {index})"
             )
-        return row[position]
+        return row[offset : offset + HASH_SIZE]
 
 
 class GrowingTree:
@@ -240,6 +283,8 @@ class GrowingTree:
             level: bytearray(data) for level, data in (edge or {}).items()
         }
         self.dirty: dict[TileKey, bytearray] = {}
+        self.inner: dict[TileKey, bytes] = {}
+        """The inner nodes of the dirty tiles that filled up."""
 
     @staticmethod
     def edge_keys(size: int) -> list[TileKey]:
@@ -278,18 +323,26 @@ class GrowingTree:
             if tile is None:
                 tile = self.edge[level] = bytearray()
             tile += value
-            self.dirty[(level, (entries - 1) // TILE_WIDTH)] = tile
+            key = (level, (entries - 1) // TILE_WIDTH)
+            self.dirty[key] = tile
             if len(tile) < TILE_BYTES:
                 return
-            value = perfect_root([bytes(tile[i : i + HASH_SIZE]) for i in range(0, TILE_BYTES, 32)])
+            levels = tile_levels(bytes(tile))
+            self.inner[key] = b"".join(levels[1:])
+            value = node_hash(levels[-1][:HASH_SIZE], levels[-1][HASH_SIZE:])
             self.edge[level] = bytearray()
             level += 1
             entries //= TILE_WIDTH
 
-    def take_dirty(self) -> list[tuple[int, int, bytes]]:
-        """The tiles changed since the last call, as (level, index, hashes)."""
-        dirty = [(level, index, bytes(data)) for (level, index), data in self.dirty.items()]
+    def take_dirty(self) -> list[tuple[int, int, bytes, bytes | None]]:
+        """The tiles changed since the last call, as (level, index, hashes, inner nodes
+        of a full tile)."""
+        dirty = [
+            (level, index, bytes(data), self.inner.get((level, index)))
+            for (level, index), data in self.dirty.items()
+        ]
         self.dirty.clear()
+        self.inner.clear()
         return dirty
 
     def read(self, height: int, index: int) -> bytes:

@@ -30,7 +30,7 @@ from audit_core.transparency.exceptions import CheckpointError, NoteError, Trans
 from audit_core.transparency.merkle import HASH_SIZE, Frontier, tree_hash
 from audit_core.transparency.note import Verifier, parse_note, verify_note
 from audit_core.transparency.store import StoredCheckpoint, TreeStore
-from audit_core.transparency.tiles import TileHashes
+from audit_core.transparency.tiles import TileHashes, hashes_only
 from audit_core.verify import verify_tenant
 
 Progress = Callable[[int], None]
@@ -233,7 +233,7 @@ class TreeCheck:
         signed, read from the stored tiles if they still lead to the signed root."""
         leaves = self.leaves
         try:
-            hashes = TileHashes(lambda keys: self.store.read_tiles(self.tenant, keys))
+            hashes = TileHashes(hashes_only(lambda keys: self.store.read_tiles(self.tenant, keys)))
             if tree_hash(signed.size, hashes.read) != signed.root:
                 return None
             count = min(signed.size, len(leaves) // HASH_SIZE)

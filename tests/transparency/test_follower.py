@@ -165,7 +165,7 @@ def test_a_tree_inconsistent_with_its_checkpoint_is_never_signed(opened: OpenedL
     forged = hashlib.sha256(b"forged").digest() + tile[32:]
 
     opened.trees.write(
-        [TreeUpdate("acme", 20, opened.ledger.head("acme")[1], [(0, 0, forged)])], None
+        [TreeUpdate("acme", 20, opened.ledger.head("acme")[1], [(0, 0, forged, None)])], None
     )
     opened.log.reload()
     opened.record("acme", 5, prefix="b")
