@@ -72,6 +72,38 @@ def test_every_proof_served_verifies_against_the_signed_checkpoint(opened: Opene
     verify_inclusion(5, 100, older.leaf_hash, older.hashes, expected.root(100))
 
 
+def test_a_tree_kept_before_inner_nodes_were_stored_serves_every_proof(store: Store) -> None:
+    first = OpenedLog(store)
+    records = first.record("acme", 600)
+    first.follow()
+    assert all(
+        inner for _, inner in first.trees.read_stored_tiles("acme", [(0, 0), (0, 1)]).values()
+    )
+    first.trees._select(
+        f"ALTER TABLE {first.trees._tiles} DROP COLUMN inner_nodes", [], commit=True
+    )
+    first.close()
+    # Opening the store again adds the column; the full tiles it held have no nodes.
+    opened = OpenedLog(store, first.signer)
+    try:
+        stored = opened.trees.read_stored_tiles("acme", [(0, 0), (0, 1)])
+        assert [inner for _, inner in stored.values()] == [None, None]
+        records += opened.record("acme", 300, prefix="more")
+        opened.follow()
+        assert opened.trees.read_stored_tiles("acme", [(0, 2)])[(0, 2)][1] is not None
+        checkpoint = open_checkpoint(opened.reader.latest("acme").note, [opened.signer.verifier])
+        for seq in (0, 255, 256, 599, 600, 899):
+            proof = opened.reader.inclusion("acme", seq)
+            assert proof.leaf_hash == record_leaf_hash(records[seq])
+            verify_inclusion(seq, 900, proof.leaf_hash, proof.hashes, checkpoint.root)
+        old = MemoryTree(record_leaf_hash(r) for r in records).root(600)
+        verify_consistency(
+            600, 900, old, checkpoint.root, opened.reader.consistency("acme", 600).hashes
+        )
+    finally:
+        opened.close()
+
+
 def test_sizes_and_tiles_beyond_the_latest_checkpoint_are_refused(opened: OpenedLog) -> None:
     with pytest.raises(SizeError, match="no signed checkpoint yet"):
         opened.reader.inclusion("acme", 0)
