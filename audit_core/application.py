@@ -567,6 +567,24 @@ class Ledger(Application[UUID]):
         found = self._records_by_seq(tenant_log_id(tenant), seqs, tenant)
         return [found[seq] for seq in seqs]
 
+    def leaves(self, tenant: str, first_seq: int, end_seq: int) -> list[bytes]:
+        """The canonical bytes of the records at seqs ``first_seq`` to ``end_seq - 1``
+        (their transparency-log leaves), each checked against its stored hash, in one
+        query. A record missing or altered is a :class:`DamagedLogError`."""
+        check_tenant(tenant)
+        versions = [version_of(seq) for seq in range(first_seq, end_seq)]
+        states = self.ledger_recorder.select_states(tenant_log_id(tenant), versions)
+        leaves: list[bytes] = []
+        for version in versions:
+            state = states.get(version)
+            try:
+                if state is None:
+                    raise MapperDeserialisationError("it is missing from storage")
+                leaves.append(self.ledger_mapper.checked_record(state).canonical)
+            except MapperDeserialisationError as error:
+                raise DamagedLogError(tenant, f"seq {version - 1}: {error}") from None
+        return leaves
+
     def _records_by_seq(
         self, log_id: UUID, seqs: Sequence[int], tenant: str = ""
     ) -> dict[int, Record]:

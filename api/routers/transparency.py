@@ -3,8 +3,8 @@ tree as C2SP tlog-tiles, scoped to the key's tenant.
 
 Reads of checkpoints, proofs and tiles hold hashes only and are not recorded in the
 ledger (a monitor polling the checkpoint would otherwise grow the log it watches, and
-call for a checkpoint with every poll); an evidence bundle holds records and is
-recorded as ``audit.evidence_export``.
+call for a checkpoint with every poll); entry bundles and evidence bundles hold records
+and are recorded (``audit.query``, ``audit.evidence_export``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from audit_core.transparency import (
 from audit_core.transparency.evidence import gather, write_bundle
 from audit_core.transparency.follower import TransparencyLog
 from audit_core.transparency.proofs import TreeReader
-from audit_core.transparency.tiles import Tile
+from audit_core.transparency.tiles import ENTRIES, TILE_WIDTH, Tile
 
 router = APIRouter(prefix="/v1/transparency", tags=["transparency"], responses=ERRORS)
 
@@ -182,7 +182,10 @@ async def consistency(
 
 _TILES_DOC = (
     "The tenant's log as C2SP tlog-tiles under the prefix "
-    "``/v1/transparency/log/<tenant>/``: ``checkpoint`` and ``tile/<L>/<N>[.p/<W>]``."
+    "``/v1/transparency/log/<tenant>/``: ``checkpoint``, hash tiles "
+    "``tile/<L>/<N>[.p/<W>]`` and entry bundles ``tile/entries/<N>[.p/<W>]`` (each "
+    "record's canonical bytes after a big-endian uint16 length; a read of entries is "
+    "recorded as ``audit.query``)."
 )
 
 
@@ -204,13 +207,33 @@ async def tiles_checkpoint(log_tenant: str, key: QueryKey, services: ServicesDep
     responses={200: {"content": {"application/octet-stream": {}}}, **_NOT_FOUND},
     description=_TILES_DOC,
 )
-async def tile(log_tenant: str, tile_path: str, key: QueryKey, services: ServicesDep) -> Response:
+async def tile(
+    request: Request, log_tenant: str, tile_path: str, key: QueryKey, services: ServicesDep
+) -> Response:
     tenant = tenant_of(key, _tenant(log_tenant), services)
     try:
         wanted = Tile.parse(f"tile/{tile_path}")
     except TileNotFoundError as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-    data = await _answer(_reader(services).tile, tenant, wanted)
+    if wanted.level == ENTRIES:
+        data = await _answer(
+            _reader(services).entry_bundle,
+            tenant,
+            wanted,
+            lambda first, end: services.ledger.leaves(tenant, first, end),
+        )
+        # Records, not hashes: read like a query of the trail, and recorded as one.
+        await audit_request(
+            services,
+            request,
+            key,
+            tenant,
+            "audit.query",
+            {"type": "tlog_entries", "id": f"{tenant}/{wanted.path}"},
+            {"from_seq": wanted.index * TILE_WIDTH, "returned": wanted.width},
+        )
+    else:
+        data = await _answer(_reader(services).tile, tenant, wanted)
     # A tile never changes once the checkpoint covers it.
     return Response(
         data,

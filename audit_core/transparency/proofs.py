@@ -9,13 +9,19 @@ no signature vouches for.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from audit_core.exceptions import DamagedLogError
 from audit_core.transparency.exceptions import SizeError, TileNotFoundError
-from audit_core.transparency.merkle import HASH_SIZE, consistency_proof, inclusion_proof
+from audit_core.transparency.merkle import (
+    HASH_SIZE,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+)
 from audit_core.transparency.store import StoredCheckpoint, TreeStore
-from audit_core.transparency.tiles import TILE_WIDTH, Tile, TileCache, TileHashes
+from audit_core.transparency.tiles import MAX_ENTRY_BYTES, TILE_WIDTH, Tile, TileCache, TileHashes
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,32 @@ class TreeReader:
         tiles.plan(lambda read: consistency_proof(old_size, tree_size, read))
         hashes = consistency_proof(old_size, tree_size, tiles.read)
         return ConsistencyProof(old_size, tree_size, hashes, latest)
+
+    def entry_bundle(
+        self, tenant: str, bundle: Tile, read_leaves: Callable[[int, int], Sequence[bytes]]
+    ) -> bytes:
+        """The entry bundle ``tile/entries/<N>[.p/<W>]``: the leaves (records' canonical
+        bytes) under a level-0 tile, each as a big-endian uint16 length and its bytes.
+        ``read_leaves(first, end)`` reads those of seqs ``first`` to ``end - 1``. Each
+        must hash to its hash in the tile, or the bundle is refused."""
+        hashes = self.tile(tenant, Tile(0, bundle.index, bundle.width))
+        first = bundle.index * TILE_WIDTH
+        leaves = read_leaves(first, first + bundle.width)
+        body = bytearray()
+        for offset, leaf in enumerate(leaves):
+            if leaf_hash(leaf) != hashes[offset * HASH_SIZE : (offset + 1) * HASH_SIZE]:
+                raise DamagedLogError(
+                    tenant, f"the record at seq {first + offset} is not the leaf its tree holds"
+                )
+            if len(leaf) > MAX_ENTRY_BYTES:
+                raise SizeError(
+                    f"the record at seq {first + offset} is {len(leaf):,} bytes, more than an "
+                    f"entry bundle's {MAX_ENTRY_BYTES:,}; read it with GET /v1/events and "
+                    "prove it with /proof/inclusion"
+                )
+            body += len(leaf).to_bytes(2, "big")
+            body += leaf
+        return bytes(body)
 
     def tile(self, tenant: str, tile: Tile) -> bytes:
         """A tile's bytes, if the latest checkpoint's tree holds all of it."""

@@ -56,7 +56,13 @@ def hashes_only(read_tiles: TileReader) -> StoredTileReader:
     return lambda keys: {key: (data, None) for key, data in read_tiles(keys).items()}
 
 
-_PATH = re.compile(r"tile/(0|[1-9][0-9]?)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?")
+_PATH = re.compile(
+    r"tile/(0|[1-9][0-9]?|entries)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?"
+)
+ENTRIES = -1
+"""The level of an entry bundle (``tile/entries/<N>``): the leaves under a level-0 tile."""
+MAX_ENTRY_BYTES = 0xFFFF
+"""An entry bundle prefixes each entry with its length as a big-endian uint16."""
 
 
 def index_path(index: int) -> str:
@@ -80,12 +86,13 @@ class Tile:
     @property
     def path(self) -> str:
         suffix = f".p/{self.width}" if self.width < TILE_WIDTH else ""
-        return f"tile/{self.level}/{index_path(self.index)}{suffix}"
+        level = "entries" if self.level == ENTRIES else self.level
+        return f"tile/{level}/{index_path(self.index)}{suffix}"
 
     @property
     def span(self) -> int:
-        """Leaves under one of its hashes."""
-        return int(TILE_WIDTH**self.level)
+        """Leaves under one of its hashes (an entry bundle's entries are leaves)."""
+        return int(TILE_WIDTH ** max(self.level, 0))
 
     @property
     def end(self) -> int:
@@ -97,8 +104,11 @@ class Tile:
         """The tile at a path (``tile/...``), refusing any other spelling of it."""
         match = _PATH.fullmatch(path)
         if match is None:
-            raise TileNotFoundError(f"{path!r} is not a tile path (tile/<L>/<N>[.p/<W>])")
-        level, index = int(match[1]), int(match[2].replace("x", "").replace("/", ""))
+            raise TileNotFoundError(
+                f"{path!r} is not a tile path (tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>])"
+            )
+        level = ENTRIES if match[1] == "entries" else int(match[1])
+        index = int(match[2].replace("x", "").replace("/", ""))
         width = int(match[3]) if match[3] else TILE_WIDTH
         if level > MAX_LEVEL or (match[3] and width >= TILE_WIDTH):
             raise TileNotFoundError(f"{path!r}: the level is at most 63, a partial width 1-255")

@@ -17,12 +17,13 @@ from audit_core.transparency import (
     Signer,
     Verifier,
     open_checkpoint,
+    record_leaf,
     record_leaf_hash,
     verify_consistency,
     verify_inclusion,
 )
 from audit_core.transparency.evidence import verify_bundle
-from audit_core.transparency.merkle import MemoryTree, tree_hash
+from audit_core.transparency.merkle import MemoryTree, leaf_hash, tree_hash
 from audit_core.transparency.tiles import TILE_BYTES, Tile, TileHashes, hashes_only, tiles_of
 from tests.api.conftest import Api, OpenApi
 from tests.events import audit_events
@@ -170,6 +171,48 @@ def test_a_consistency_proof_links_an_older_checkpoint_to_the_latest(tlog_api: A
     ).json()
     assert (body["old_size"], body["new_size"]) == (old.size, new.size)
     verify_consistency(old.size, new.size, old.root, new.root, b64(body["hashes"]))
+
+
+def _entries(bundle: bytes) -> list[bytes]:
+    """Split an entry bundle as a tlog-tiles client does."""
+    entries, at = [], 0
+    while at < len(bundle):
+        length = int.from_bytes(bundle[at : at + 2], "big")
+        entries.append(bundle[at + 2 : at + 2 + length])
+        at += 2 + length
+    assert at == len(bundle)
+    return entries
+
+
+def test_entry_bundles_hold_the_records_that_the_level_0_tiles_hash(tlog_api: Api) -> None:
+    records = record(tlog_api, "acme", 300)
+    headers = tlog_api.headers("acme", "analyst")
+    checkpoint = signed_up_to(tlog_api, "acme", headers)
+    prefix = "/v1/transparency/log/acme/tile"
+    width = checkpoint.size - 256
+    for path, first, count in (("entries/000", 0, 256), (f"entries/001.p/{width}", 256, width)):
+        response = tlog_api.client.get(f"{prefix}/{path}", headers=headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/octet-stream"
+        entries = _entries(response.content)
+        assert entries[:44] == [record_leaf(r) for r in records[first : first + 44]]
+        tile = tlog_api.client.get(f"{prefix}/{path.replace('entries', '0')}", headers=headers)
+        assert b"".join(leaf_hash(entry) for entry in entries) == tile.content
+        assert len(entries) == count
+    # Each read of records is recorded, as a query of the trail is.
+    reads = [r for r in tlog_api.trail("acme") if r["action"] == "audit.query"]
+    assert [r["target"]["id"] for r in reads] == [
+        "acme/tile/entries/000",
+        f"acme/tile/entries/001.p/{width}",
+    ]
+    # Not covered yet, misspelt, or another tenant's: refused, and nothing is recorded.
+    for path, status in (("entries/001", 404), ("entries/1", 404), ("entries/000.p/256", 404)):
+        response = tlog_api.client.get(f"{prefix}/{path}", headers=headers)
+        assert response.status_code == status, (path, response.text)
+        assert "tile" in response.json()["detail"]
+    other = tlog_api.headers("globex", "analyst")
+    assert tlog_api.client.get(f"{prefix}/entries/000", headers=other).status_code == 403
+    assert len([r for r in tlog_api.trail("acme") if r["action"] == "audit.query"]) == 2
 
 
 def test_sizes_beyond_the_latest_checkpoint_are_a_clear_4xx(tlog_api: Api) -> None:

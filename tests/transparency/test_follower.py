@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from audit_core import DamagedLogError
 from audit_core.transparency import (
     Checkpoint,
     MemoryTree,
@@ -17,9 +18,10 @@ from audit_core.transparency import (
     verify_consistency,
     verify_inclusion,
 )
+from audit_core.transparency.merkle import leaf_hash
 from audit_core.transparency.proofs import RecentCheckpoints, TreeReader
 from audit_core.transparency.store import TreeUpdate
-from audit_core.transparency.tiles import TILE_BYTES, Tile, tiles_of
+from audit_core.transparency.tiles import ENTRIES, TILE_BYTES, Tile, tiles_of
 from tests.stores import Store
 from tests.transparency.conftest import ORIGIN, OpenedLog
 
@@ -102,6 +104,37 @@ def test_a_tree_kept_before_inner_nodes_were_stored_serves_every_proof(store: St
         )
     finally:
         opened.close()
+
+
+def test_an_entry_bundle_is_refused_when_a_record_is_not_its_leaf(
+    opened: OpenedLog, store: Store
+) -> None:
+    opened.record("acme", 40)
+    opened.follow()
+    bundle = Tile(ENTRIES, 0, 40)
+
+    def read(first: int, end: int) -> list[bytes]:
+        return opened.ledger.leaves("acme", first, end)
+
+    leaves = read(0, 40)
+    served = opened.reader.entry_bundle("acme", bundle, read)
+    assert len(served) == sum(2 + len(leaf) for leaf in leaves)
+    altered = [*leaves[:7], leaves[7].replace(b"evt", b"EVT"), *leaves[8:]]
+    with pytest.raises(DamagedLogError, match="seq 7 is not the leaf its tree holds"):
+        opened.reader.entry_bundle("acme", bundle, lambda first, end: altered)
+    # The ledger refuses a record that is missing or no longer hashes to its hash.
+    store.edit_stored_record("acme", 3, lambda record: record.update(action="forged"))
+    with pytest.raises(DamagedLogError, match="seq 3"):
+        opened.reader.entry_bundle("acme", bundle, read)
+    store.delete_seqs("acme", 5)
+    with pytest.raises(DamagedLogError, match="seq 5: it is missing from storage"):
+        opened.ledger.leaves("acme", 4, 6)
+    # A leaf longer than a uint16 can say (possible with VIGIL_MAX_EVENT_BYTES raised).
+    big = b"x" * 70_000
+    head = opened.ledger.head("acme")[1]
+    opened.trees.write([TreeUpdate("acme", 40, head, [(0, 0, leaf_hash(big) * 40, None)])], None)
+    with pytest.raises(SizeError, match="seq 0 is 70,000 bytes"):
+        opened.reader.entry_bundle("acme", bundle, lambda first, end: [big] * 40)
 
 
 def test_sizes_and_tiles_beyond_the_latest_checkpoint_are_refused(opened: OpenedLog) -> None:

@@ -9,6 +9,7 @@ import pytest
 from audit_core.transparency import MemoryTree, TileNotFoundError
 from audit_core.transparency.merkle import consistency_proof, inclusion_proof
 from audit_core.transparency.tiles import (
+    ENTRIES,
     TILE_BYTES,
     TILE_WIDTH,
     GrowingTree,
@@ -32,6 +33,8 @@ from audit_core.transparency.tiles import (
         (Tile(1, 1000), "tile/1/x001/000"),
         (Tile(2, 5, 17), "tile/2/005.p/17"),
         (Tile(0, 1234067, 8), "tile/0/x001/x234/067.p/8"),
+        (Tile(ENTRIES, 0), "tile/entries/000"),
+        (Tile(ENTRIES, 1234067, 8), "tile/entries/x001/x234/067.p/8"),
     ],
 )
 def test_tile_paths_follow_the_spec(tile: Tile, path: str) -> None:
@@ -43,7 +46,8 @@ def test_tile_paths_follow_the_spec(tile: Tile, path: str) -> None:
     "path",
     [
         "tile/0/1", "tile/0/x000/001", "tile/00/000", "tile/64/000", "tile/0/000.p/0",
-        "tile/0/000.p/256", "tile/0/000.p/010", "tile/entries/000", "tile/0/001/002",
+        "tile/0/000.p/256", "tile/0/000.p/010", "tile/entry/000", "tile/0/001/002",
+        "tile/entries/1", "tile/entries/000.p/0", "tile/entries/x000/001",
     ],
 )  # fmt: skip
 def test_other_spellings_of_a_tile_are_refused(path: str) -> None:
