@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, NamedTuple, Protocol
 
+import msgspec
+
 from audit_core.application import Ledger, StoredLog
 from audit_core.canonical import GENESIS_HASH, canonical_bytes
 from audit_core.domain import tenant_log_id
 from audit_core.exceptions import TenantNotFoundError
-from audit_core.persistence import LedgerMapper
+from audit_core.persistence import LedgerMapper, RecordHead
 from audit_core.schema import check_tenant
 from audit_core.transparency.merkle import leaf_hash
 
@@ -161,7 +163,7 @@ def _verify_chain(
     ledger: Ledger, tenant: str, progress: Progress | None, leaves: LeafCheck | None
 ) -> TenantReport:
     mapper = ledger.ledger_mapper
-    canonical_record = mapper.canonical_record
+    intact = functools.partial(_intact, mapper.stored_parts, with_leaf=leaves is not None)
     expected_seq = 0
     prev_hash = GENESIS_HASH
     problem: ChainBreak | None = None
@@ -174,9 +176,9 @@ def _verify_chain(
         tenant_log_id(tenant)
     ):
         misfiled = set(other_topics)
-        page_leaves: list[bytes] = []
+        page_hashes: list[bytes] = []
         for version, state in zip(versions, states, strict=True):
-            leaf: bytes | None
+            hashed: bytes | None
             if problem is None:
                 seq = version - 1
                 try:
@@ -191,11 +193,12 @@ def _verify_chain(
                         )
                     # What still hashes to its stored hash needs no decoding: only where
                     # the record says it sits is left to check.
-                    fast = canonical_record(state)
+                    fast = intact(state)
                     if fast is None:
                         leaf, stored_hash = _checked_slowly(mapper, state, seq, tenant, prev_hash)
+                        hashed = leaf_hash(leaf)
                     else:
-                        leaf, stored_hash, head = fast
+                        hashed, stored_hash, head = fast
                         if head.seq != seq or head.tenant != tenant or head.prev_hash != prev_hash:
                             _check_place(
                                 head.seq, head.tenant, head.prev_hash, seq, tenant, prev_hash
@@ -206,19 +209,19 @@ def _verify_chain(
                     problem = ChainBreak(expected_seq, broken.reason, broken.detail)
                     if not wants_leaves:
                         break
-                    leaf = _leaf_of(mapper, state)
+                    hashed = _leaf_hash_of(mapper, state)
             else:
-                leaf = _leaf_of(mapper, state)
+                hashed = _leaf_hash_of(mapper, state)
             if wants_leaves:
-                if leaf is None:
+                if hashed is None:
                     break
-                page_leaves.append(leaf)
+                page_hashes.append(hashed)
         if progress is not None:
             progress(len(versions))
         if leaves is not None and wants_leaves:
-            if page_leaves and not leaves.add([leaf_hash(leaf) for leaf in page_leaves]):
+            if page_hashes and not leaves.add(page_hashes):
                 wants_leaves = False
-            elif leaf is None:
+            elif hashed is None:
                 leaves.unreadable()
                 wants_leaves = False
         if problem is not None and not wants_leaves:
@@ -285,16 +288,41 @@ def _checked_slowly(
     return canonical, stored_hash
 
 
-def _leaf_of(mapper: LedgerMapper, state: bytes) -> bytes | None:
-    """A record's leaf once its chain is broken: its canonical bytes, whatever its
-    hash; None if it cannot be decoded."""
+def _leaf_hash_of(mapper: LedgerMapper, state: bytes) -> bytes | None:
+    """A record's leaf hash once its chain is broken: of its canonical bytes, whatever
+    its hash; None if it cannot be decoded."""
     fast = mapper.canonical_record(state)
     if fast is not None:
-        return fast.canonical
+        return leaf_hash(fast.canonical)
     try:
-        return canonical_bytes(mapper.decode_recorded(state)["record"])
+        return leaf_hash(canonical_bytes(mapper.decode_recorded(state)["record"]))
     except Exception:
         return None
+
+
+_LEAF = sha256(b"\x00")
+"""``leaf_hash`` begun: copied and fed a record's bytes, it hashes them uncopied."""
+
+
+def _intact(
+    stored_parts: Callable[[bytes], tuple[str, msgspec.Raw, RecordHead] | None],
+    state: bytes,
+    with_leaf: bool = True,
+) -> tuple[bytes, str, RecordHead] | None:
+    """(leaf hash, or b"" without ``with_leaf``; stored hash; where it sits) of a record
+    stored intact: its bytes, read in place, still hash to its stored hash. None for
+    anything else (the caller decodes it to say what is wrong)."""
+    parts = stored_parts(state)
+    if parts is None:
+        return None
+    stored_hash, record, head = parts
+    if sha256(record).hexdigest() != stored_hash:
+        return None
+    if not with_leaf:
+        return b"", stored_hash, head
+    leaf = _LEAF.copy()
+    leaf.update(record)
+    return leaf.digest(), stored_hash, head
 
 
 _RANGE = 50_000
@@ -321,8 +349,7 @@ def _intact_range(tenant: str, first_seq: int, last_seq: int) -> _IntactRange | 
     before; None at the first thing that is not so."""
     ledger = _worker_ledger
     assert ledger is not None
-    stored_parts = ledger.ledger_mapper.stored_parts
-    leaf_prefix = sha256(b"\x00")
+    intact = functools.partial(_intact, ledger.ledger_mapper.stored_parts)
     seq = first_seq
     first_prev_hash = prev_hash = ""
     hashes: list[bytes] = []
@@ -331,21 +358,17 @@ def _intact_range(tenant: str, first_seq: int, last_seq: int) -> _IntactRange | 
         if other_topics or versions[0] != seq + 1 or versions[-1] != seq + len(versions):
             return None
         for state in states:
-            parts = stored_parts(state)
+            parts = intact(state)
             if parts is None:
                 return None
-            stored_hash, record, head = parts
-            if sha256(record).hexdigest() != stored_hash:
-                return None
+            hashed, stored_hash, head = parts
             if head.seq != seq or head.tenant != tenant:
                 return None
             if seq == first_seq:
                 first_prev_hash = head.prev_hash
             elif head.prev_hash != prev_hash:
                 return None
-            leaf = leaf_prefix.copy()  # leaf_hash, without copying the record's bytes
-            leaf.update(record)
-            hashes.append(leaf.digest())
+            hashes.append(hashed)
             prev_hash = stored_hash
             seq += 1
     return _IntactRange(first_prev_hash, prev_hash, hashes) if seq == last_seq + 1 else None
