@@ -132,11 +132,6 @@ def tiles_of(size: int) -> list[Tile]:
     return tiles
 
 
-def tile_keys_for(height: int, index: int) -> TileKey:
-    """The tile that holds the complete subtree (height, index)."""
-    return _placed(height, index)[0]
-
-
 def _placed(height: int, index: int) -> tuple[TileKey, int]:
     """The tile that holds subtree (height, index), and how many of its hashes the
     subtree needs the tile to hold (its width at least)."""
