@@ -577,9 +577,9 @@ class Ledger(Application[UUID]):
         leaves: list[bytes] = []
         for version in versions:
             state = states.get(version)
+            if state is None:
+                raise DamagedLogError(tenant, f"seq {version - 1}: it is missing from storage")
             try:
-                if state is None:
-                    raise MapperDeserialisationError("it is missing from storage")
                 leaves.append(self.ledger_mapper.checked_record(state).canonical)
             except MapperDeserialisationError as error:
                 raise DamagedLogError(tenant, f"seq {version - 1}: {error}") from None

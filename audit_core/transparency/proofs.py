@@ -110,13 +110,6 @@ class TreeReader:
             lambda keys: self.store.read_stored_tiles(tenant, keys), self.cache, tenant
         )
 
-    def leaf_hash(self, tenant: str, seq: int) -> bytes:
-        data = self.store.read_tiles(tenant, [(0, seq // TILE_WIDTH)]).get((0, seq // TILE_WIDTH))
-        offset = (seq % TILE_WIDTH) * HASH_SIZE
-        if data is None or len(data) < offset + HASH_SIZE:
-            raise TileNotFoundError(f"the tree of tenant {tenant!r} holds no leaf at seq {seq}")
-        return data[offset : offset + HASH_SIZE]
-
     def inclusion(self, tenant: str, seq: int, size: int | None = None) -> InclusionProof:
         """The proof that the record at ``seq`` is in the tree of ``size`` (default:
         the latest checkpoint's)."""

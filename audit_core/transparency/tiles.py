@@ -250,7 +250,7 @@ class TileHashes:
         if not wanted:
             return
         for key, (data, inner) in self._read_tiles(wanted).items():
-            levels = self._levels[key] = tile_levels(bytes(data), inner and bytes(inner))
+            levels = self._levels[key] = tile_levels(data, inner)
             if self._cache is not None:
                 self._cache.put(self._tenant, key, levels)
 
